@@ -1,0 +1,10 @@
+//! Interception: the eBPF programs that steer connects aimed at held Services to this
+//! agent, and the maps through which the agent tells them which Services are held.
+//!
+//! - [`keys`]: pure encoding of addresses into the map's key and value types.
+//! - [`programs`]: loading the object, attaching at a cgroup, and the [`Interceptor`] handle
+//!   that owns the maps.
+pub mod keys;
+pub mod programs;
+
+pub use programs::{Error, Interceptor};

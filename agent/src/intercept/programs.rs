@@ -1,0 +1,209 @@
+//! Loading the embedded eBPF object, attaching its programs to a cgroup v2, and the maps.
+use std::{fs::File, net::SocketAddr, os::unix::fs::MetadataExt, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr},
+};
+use elasti_common::{CONFIG_INDEX, Config, ProxyTarget, RewriteCounters, ServiceKey};
+
+use super::keys;
+
+/// The programs in the object, in the order they are attached.
+pub const PROGRAMS: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The agent was built without `cargo xtask build-ebpf`.
+    #[error(
+        "this agent was built without its eBPF object; run `cargo xtask build-ebpf` and rebuild"
+    )]
+    NotEmbedded,
+    /// The kernel or aya refused the object.
+    #[error("loading the eBPF object failed")]
+    Load(#[source] aya::EbpfError),
+    /// A program named in [`PROGRAMS`] is missing from the object.
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// A map the programs use is missing from the object.
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A map has another type than this agent expects.
+    #[error("map {name} has an unexpected type")]
+    MapType {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The verifier or the kernel refused a program.
+    #[error("loading program {name} failed")]
+    LoadProgram {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// The cgroup directory could not be opened.
+    #[error("opening cgroup {path} failed")]
+    OpenCgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Attaching a program to the cgroup failed.
+    #[error("attaching program {name} failed")]
+    Attach {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Writing or reading a map entry failed.
+    #[error("updating map {name} failed")]
+    MapUpdate {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The eBPF object embedded at build time, if `cargo xtask build-ebpf` ran before the build.
+pub fn embedded_object() -> Option<&'static [u8]> {
+    #[cfg(elasti_ebpf_embedded)]
+    {
+        Some(aya::include_bytes_aligned!(env!("ELASTI_EBPF_OBJECT")))
+    }
+    #[cfg(not(elasti_ebpf_embedded))]
+    {
+        None
+    }
+}
+
+/// The attached programs and their maps. The programs stay attached while this lives;
+/// dropping it detaches them (fail-open: connects then go where they were aimed).
+pub struct Interceptor {
+    // Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+    services: HashMap<MapData, ServiceKey, ProxyTarget>,
+    config: Array<MapData, Config>,
+    rewrites: PerCpuArray<MapData, RewriteCounters>,
+}
+
+impl Interceptor {
+    /// Loads the embedded object and attaches every program to the cgroup v2 directory
+    /// `cgroup`.
+    ///
+    /// # Errors
+    /// When the object is missing, the kernel refuses a program, or the cgroup can't be
+    /// opened.
+    pub fn attach(cgroup: &Path) -> Result<Self, Error> {
+        let object = embedded_object().ok_or(Error::NotEmbedded)?;
+        let mut ebpf = Ebpf::load(object).map_err(Error::Load)?;
+        let dir = File::open(cgroup).map_err(|source| Error::OpenCgroup {
+            path: cgroup.display().to_string(),
+            source,
+        })?;
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| Error::LoadProgram { name, source })?;
+            prog.load()
+                .map_err(|source| Error::LoadProgram { name, source })?;
+            // On kernels with bpf_link (5.7+) aya attaches through a link, which always
+            // coexists with other tools' programs (Cilium, meshes); the kernel refuses the
+            // legacy ALLOW_MULTI flag on link_create, so Single is the right mode here.
+            prog.attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| Error::Attach { name, source })?;
+        }
+        let services = take_map(&mut ebpf, "SERVICES")?;
+        let config = take_map(&mut ebpf, "CONFIG")?;
+        let rewrites = take_map(&mut ebpf, "REWRITES")?;
+        Ok(Self {
+            _ebpf: ebpf,
+            services,
+            config,
+            rewrites,
+        })
+    }
+
+    /// Steers TCP connects to `service` (a ClusterIP:port) to the agent listener `proxy`.
+    ///
+    /// The listener must already accept: connects are steered the moment this returns.
+    pub fn hold(
+        &mut self,
+        service: SocketAddr,
+        proxy: SocketAddr,
+        service_id: u32,
+    ) -> Result<(), Error> {
+        self.services
+            .insert(
+                keys::service_key(service),
+                keys::proxy_target(proxy, service_id),
+                0,
+            )
+            .map_err(|source| Error::MapUpdate {
+                name: "SERVICES",
+                source,
+            })
+    }
+
+    /// Stops steering connects to `service`; new connects take the normal path again.
+    /// Removing an entry that is not there is not an error.
+    pub fn release(&mut self, service: SocketAddr) -> Result<(), Error> {
+        match self.services.remove(&keys::service_key(service)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::MapUpdate {
+                name: "SERVICES",
+                source,
+            }),
+        }
+    }
+
+    /// Never steer connects made from the cgroup v2 with this id (the agent's own), so the
+    /// agent can always reach real endpoints.
+    pub fn exclude_cgroup(&mut self, cgroup_id: u64) -> Result<(), Error> {
+        self.config
+            .set(
+                CONFIG_INDEX,
+                Config {
+                    agent_cgroup_id: cgroup_id,
+                },
+                0,
+            )
+            .map_err(|source| Error::MapUpdate {
+                name: "CONFIG",
+                source,
+            })
+    }
+
+    /// Rewrite counters for `service_id`, summed over CPUs.
+    pub fn rewrites(&self, service_id: u32) -> Result<RewriteCounters, Error> {
+        let per_cpu = self
+            .rewrites
+            .get(&service_id, 0)
+            .map_err(|source| Error::MapUpdate {
+                name: "REWRITES",
+                source,
+            })?;
+        Ok(per_cpu
+            .iter()
+            .fold(RewriteCounters::default(), |acc, c| RewriteCounters {
+                connects: acc.connects + c.connects,
+                peernames: acc.peernames + c.peernames,
+            }))
+    }
+}
+
+/// The cgroup v2 id of a cgroup directory: its inode number on the cgroup2 filesystem.
+pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
+    Ok(std::fs::metadata(dir)?.ino())
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(|source| Error::MapType { name, source })
+}

@@ -1,0 +1,258 @@
+//! Root suite: the real eBPF programs, attached at a child cgroup v2 that only this test's
+//! probe processes join, steering real sockets inside a network namespace the test creates.
+//! The "ClusterIP" 10.96.0.50 exists nowhere: the namespace has only loopback, so a connect
+//! that is not steered fails with "network unreachable" and no packet leaves.
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use elasti_agent::intercept::Interceptor;
+
+const CLUSTER_IP: &str = "10.96.0.50:80";
+
+/// Whether this run may touch cgroups and load programs. Outside CI a non-root run says
+/// loudly that it skipped; in CI (which runs as root) skipping is a failure.
+fn root_or_skip(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let embedded = elasti_agent::intercept::programs::embedded_object().is_some();
+    if root && embedded {
+        return true;
+    }
+    let why = if root {
+        "the agent was built without `cargo xtask build-ebpf`"
+    } else {
+        "it needs root"
+    };
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: cannot run in CI because {why}"
+    );
+    eprintln!("\n!!! SKIPPED {test}: {why}. Run `cargo xtask test` as root. !!!\n");
+    false
+}
+
+/// A cgroup v2 child and a network namespace, both removed on drop.
+struct TestBed {
+    name: String,
+    cgroup: PathBuf,
+    accepted: Arc<AtomicUsize>,
+    listener: SocketAddr,
+}
+
+impl TestBed {
+    fn new(tag: &str) -> Self {
+        let name = format!("elasti-t-{tag}-{}", std::process::id());
+        let root = if PathBuf::from("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+            PathBuf::from("/sys/fs/cgroup/unified")
+        } else {
+            PathBuf::from("/sys/fs/cgroup")
+        };
+        let cgroup = root.join(&name);
+        fs::create_dir_all(&cgroup).expect("create test cgroup");
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        // The agent's listener, inside the namespace: it answers `pong from agent`.
+        let netns = format!("/run/netns/{name}");
+        let listener = std::thread::spawn(move || {
+            let ns = fs::File::open(&netns).expect("open netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            TcpListener::bind("127.0.0.1:0").expect("bind in netns")
+        })
+        .join()
+        .expect("listener thread");
+        let addr = listener.local_addr().expect("listener addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut line = String::new();
+                let mut reader = BufReader::new(&stream);
+                if reader.read_line(&mut line).is_ok() {
+                    let _ = (&stream).write_all(b"pong from agent\n");
+                }
+            }
+        });
+        Self {
+            name,
+            cgroup,
+            accepted,
+            listener: addr,
+        }
+    }
+
+    /// Runs the probe against `target` inside the namespace; `in_cgroup` decides whether it
+    /// first joins the attached cgroup.
+    fn probe(&self, target: &str, in_cgroup: bool) -> String {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_connect-probe"))
+            .arg(target);
+        if in_cgroup {
+            let procs = self.cgroup.join("cgroup.procs");
+            // SAFETY: only open/write/close between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || fs::write(&procs, b"0"));
+            }
+        }
+        let out = cmd.output().expect("run connect-probe");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn attach(&self) -> Interceptor {
+        Interceptor::attach(&self.cgroup).expect("attach programs at the test cgroup")
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = fs::remove_dir(&self.cgroup);
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().expect("spawn");
+    assert!(status.success(), "{cmd:?} failed: {status}");
+}
+
+#[test]
+fn connect4_to_a_held_service_lands_on_the_agent_and_getpeername_shows_the_cluster_ip() {
+    if !root_or_skip("connect4_held") {
+        return;
+    }
+    let bed = TestBed::new("c4");
+    let mut interceptor = bed.attach();
+    interceptor
+        .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 7)
+        .expect("hold");
+
+    let out = bed.probe(CLUSTER_IP, true);
+    assert!(
+        out.contains("reply=pong from agent"),
+        "steered connect must reach the agent: {out}"
+    );
+    assert!(
+        out.contains(&format!("peer={CLUSTER_IP}")),
+        "getpeername must show the ClusterIP: {out}"
+    );
+    assert_eq!(bed.accepted.load(Ordering::SeqCst), 1);
+    let counts = interceptor.rewrites(7).expect("counters");
+    assert_eq!(counts.connects, 1, "one rewrite counted");
+    assert!(counts.peernames >= 1, "getpeername rewrite counted");
+}
+
+#[test]
+fn a_process_outside_the_cgroup_is_not_redirected() {
+    if !root_or_skip("outside_cgroup") {
+        return;
+    }
+    let bed = TestBed::new("out");
+    let mut interceptor = bed.attach();
+    interceptor
+        .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 1)
+        .expect("hold");
+
+    let out = bed.probe(CLUSTER_IP, false);
+    assert!(
+        out.contains("error=NetworkUnreachable"),
+        "outside the cgroup the connect goes where aimed: {out}"
+    );
+    assert_eq!(
+        bed.accepted.load(Ordering::SeqCst),
+        0,
+        "the agent must not see it"
+    );
+    assert_eq!(interceptor.rewrites(1).expect("counters").connects, 0);
+}
+
+#[test]
+fn connect6_with_an_ipv4_mapped_address_is_steered() {
+    if !root_or_skip("connect6_mapped") {
+        return;
+    }
+    let bed = TestBed::new("c6");
+    let mut interceptor = bed.attach();
+    interceptor
+        .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 2)
+        .expect("hold");
+
+    let out = bed.probe("[::ffff:10.96.0.50]:80", true);
+    assert!(
+        out.contains("reply=pong from agent"),
+        "v6 socket to a v4-mapped ClusterIP must be steered: {out}"
+    );
+    assert!(
+        out.contains("peer=[::ffff:10.96.0.50]:80"),
+        "getpeername6 must show the ClusterIP: {out}"
+    );
+    assert_eq!(interceptor.rewrites(2).expect("counters").connects, 1);
+}
+
+#[test]
+fn services_that_are_not_held_and_released_services_are_left_alone() {
+    if !root_or_skip("not_held") {
+        return;
+    }
+    let bed = TestBed::new("nh");
+    let mut interceptor = bed.attach();
+    interceptor
+        .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 3)
+        .expect("hold");
+
+    let other_port = bed.probe("10.96.0.50:81", true);
+    assert!(
+        other_port.contains("error=NetworkUnreachable"),
+        "another port is not held: {other_port}"
+    );
+    interceptor
+        .release(CLUSTER_IP.parse().expect("addr"))
+        .expect("release");
+    let released = bed.probe(CLUSTER_IP, true);
+    assert!(
+        released.contains("error=NetworkUnreachable"),
+        "a released service takes the normal path: {released}"
+    );
+    assert_eq!(bed.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn with_the_agent_gone_connects_behave_as_before() {
+    if !root_or_skip("fail_open") {
+        return;
+    }
+    let bed = TestBed::new("fo");
+    {
+        let mut interceptor = bed.attach();
+        interceptor
+            .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 4)
+            .expect("hold");
+        assert!(
+            bed.probe(CLUSTER_IP, true).contains("reply=pong"),
+            "steered while attached"
+        );
+    }
+    // The Interceptor is dropped: programs detached, maps gone.
+    let out = bed.probe(CLUSTER_IP, true);
+    assert!(
+        out.contains("error=NetworkUnreachable"),
+        "after the agent is gone, connects go where aimed: {out}"
+    );
+    let direct = bed.probe(&bed.listener.to_string(), true);
+    assert!(
+        direct.contains("peer=127.0.0.1") && direct.contains("reply=pong"),
+        "ordinary connects still work: {direct}"
+    );
+}

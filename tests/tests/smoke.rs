@@ -1,0 +1,95 @@
+//! Smoke test of the local cluster itself: a Deployment behind a ClusterIP Service answers
+//! by ClusterIP and by DNS name, from a pod and from a process in the cluster's netns; once
+//! scaled to zero, the same requests fail. That failure is what elasti exists to remove.
+use std::time::Duration;
+
+use elasti_e2e::*;
+
+#[test]
+#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+fn service_answers_then_fails_at_zero() -> anyhow::Result<()> {
+    require_cluster();
+    let ns = TempNamespace::create("smoke")?;
+    let ns = ns.name.as_str();
+    apply(ns, &http_workload("web", 1))?;
+    kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deploy/web",
+        "--timeout=120s",
+    ])?;
+    kubectl(&[
+        "-n",
+        ns,
+        "wait",
+        "pod/client",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ])?;
+    let pods = ready_pods(ns, "web")?;
+    assert_eq!(pods.len(), 1, "one Ready pod expected, got {pods:?}");
+    let served_by = format!("pod={}", pods[0]);
+    let cluster_ip = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+
+    // From a pod, by ClusterIP and by DNS name.
+    let by_ip = get_from_client_pod(ns, &format!("http://{cluster_ip}/"), 10)?;
+    assert!(by_ip.starts_with("HTTP/1.1 200"), "by ClusterIP: {by_ip}");
+    assert!(
+        by_ip.contains(&served_by),
+        "by ClusterIP, expected {served_by}: {by_ip}"
+    );
+    let by_name = get_from_client_pod(ns, &format!("http://web.{ns}.svc.cluster.local/"), 10)?;
+    assert!(
+        by_name.contains(&served_by),
+        "by DNS name, expected {served_by}: {by_name}"
+    );
+    // From a process in the cluster's network namespace (this test).
+    let from_netns = get_from_netns(&format!("{cluster_ip}:80"), "/", Duration::from_secs(5))?;
+    assert!(
+        from_netns.contains(&served_by),
+        "from the netns, expected {served_by}: {from_netns}"
+    );
+
+    // Scaled to zero, the same requests fail: refused (kube-proxy rejects) or timed out.
+    kubectl(&["-n", ns, "scale", "deploy/web", "--replicas=0"])?;
+    wait_until("web pods gone", Duration::from_secs(60), || {
+        kubectl(&["-n", ns, "get", "pods", "-l", "app=web", "-o", "name"])
+            .ok()
+            .filter(|o| o.trim().is_empty())
+    })?;
+    wait_until("no endpoints", Duration::from_secs(30), || {
+        kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={.items[*].endpoints}",
+        ])
+        .ok()
+        .filter(|o| o.trim().is_empty())
+    })?;
+    let cold = get_from_client_pod(ns, &format!("http://{cluster_ip}/"), 3);
+    assert!(
+        cold.is_err(),
+        "a request at zero replicas should fail today, got {cold:?}"
+    );
+    let cold = get_from_netns(&format!("{cluster_ip}:80"), "/", Duration::from_secs(3));
+    assert!(
+        cold.as_ref().map_or(true, |r| r.is_empty()),
+        "from the netns at zero, expected failure: {cold:?}"
+    );
+    Ok(())
+}

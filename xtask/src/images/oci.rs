@@ -1,0 +1,153 @@
+//! Writes an OCI image layout tarball (one uncompressed layer, config, manifest, index)
+//! that `ctr images import` and `docker load`/`podman load` accept. No Docker needed.
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// One file placed in the image.
+pub struct ImageFile {
+    /// Absolute path inside the image.
+    pub dest: String,
+    /// The file on this machine to copy.
+    pub source: PathBuf,
+    pub mode: u32,
+}
+
+pub struct ImageSpec {
+    /// Full reference, e.g. `elasti.local/elasti-agent:0.1.0`.
+    pub reference: String,
+    pub files: Vec<ImageFile>,
+    pub entrypoint: Vec<String>,
+    pub env: Vec<String>,
+    /// `uid:gid`, numeric so no /etc/passwd lookup is needed.
+    pub user: String,
+}
+
+/// Writes `spec` as an OCI layout tarball at `out`.
+pub fn write(spec: &ImageSpec, out: &Path) -> Result<()> {
+    let layer = layer_tar(&spec.files)?;
+    let layer_digest = sha256(&layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": spec.entrypoint,
+            "Env": spec.env,
+            "User": spec.user,
+            "WorkingDir": "/",
+        },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
+        "history": [{ "created_by": "cargo xtask images" }],
+    }))?;
+    let config_digest = sha256(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_digest}"),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{layer_digest}"),
+            "size": layer.len(),
+        }],
+    }))?;
+    let manifest_digest = sha256(&manifest);
+    let tag = spec.reference.rsplit_once(':').map_or("latest", |(_, t)| t);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest.len(),
+            "platform": { "architecture": "amd64", "os": "linux" },
+            "annotations": {
+                "io.containerd.image.name": spec.reference,
+                "org.opencontainers.image.ref.name": tag,
+            },
+        }],
+    }))?;
+
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = out.with_extension("partial");
+    let mut tar =
+        tar::Builder::new(fs::File::create(&tmp).with_context(|| tmp.display().to_string())?);
+    append_bytes(
+        &mut tar,
+        "oci-layout",
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+        0o644,
+    )?;
+    append_bytes(&mut tar, "index.json", &index, 0o644)?;
+    for (digest, blob) in [
+        (&layer_digest, &layer),
+        (&config_digest, &config),
+        (&manifest_digest, &manifest),
+    ] {
+        append_bytes(&mut tar, &format!("blobs/sha256/{digest}"), blob, 0o644)?;
+    }
+    tar.into_inner()?.flush()?;
+    fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+fn layer_tar(files: &[ImageFile]) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let mut p = Path::new(f.dest.trim_start_matches('/')).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    // Every image gets a writable /tmp, as distroless images do.
+    dirs.insert(PathBuf::from("tmp"));
+    for d in &dirs {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(if d == Path::new("tmp") { 0o1777 } else { 0o755 });
+        h.set_size(0);
+        h.set_mtime(0);
+        tar.append_data(&mut h, format!("{}/", d.display()), std::io::empty())?;
+    }
+    for f in files {
+        let data =
+            fs::read(&f.source).with_context(|| format!("image file {}", f.source.display()))?;
+        append_bytes(&mut tar, f.dest.trim_start_matches('/'), &data, f.mode)?;
+    }
+    Ok(tar.into_inner()?)
+}
+
+fn append_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(mode);
+    h.set_size(data.len() as u64);
+    h.set_mtime(0);
+    tar.append_data(&mut h, path, data)?;
+    Ok(())
+}
+
+fn sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

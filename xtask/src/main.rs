@@ -1,0 +1,59 @@
+//! `cargo xtask <task>`: everything that is not `cargo build` — installing the toolchain and
+//! test bed, building the eBPF programs and OCI images, running the local cluster and the
+//! suites. Each subcommand is one module.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cluster;
+mod cmd;
+mod demo;
+mod ebpf;
+mod images;
+mod paths;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build, the demo and the tests need (idempotent, cached by
+    /// version under $ELASTI_CACHE or ~/.cache/elasti).
+    Setup(setup::Args),
+    /// The README's main job: setup, the local cluster, and a demo workload on it.
+    Demo(demo::Args),
+    /// Build the eBPF programs with Debian's rust-src toolchain; the agent embeds the object.
+    BuildEbpf(ebpf::Args),
+    /// Build OCI image tarballs (no Docker) and, if the cluster is up, import them.
+    Images(images::Args),
+    /// Run the local single-node Kubernetes cluster in its own network namespace.
+    Cluster(cluster::Args),
+    /// The README's test command: unit, root and cluster suites, with the cluster brought up
+    /// and torn down around them.
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup(args) => setup::run(&args),
+        Task::Demo(args) => demo::run(&args),
+        Task::BuildEbpf(args) => ebpf::run(&args),
+        Task::Images(args) => images::run(&args),
+        Task::Cluster(args) => cluster::run(&args),
+        Task::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Programs built from source through the Go module proxy: Kubernetes (a wrapper module
+//! that requires `k8s.io/kubernetes` and replaces its staging modules with their published
+//! versions, design §3), etcd and CoreDNS. Each lands in `<cache>/<name>-v<version>/bin`
+//! with a stamp written only after a successful build.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, paths};
+
+/// Oldest Go that builds Kubernetes 1.35.
+const MIN_GO_MINOR: u32 = 25;
+
+pub struct GoProgram {
+    pub name: &'static str,
+    pub version: String,
+    /// The wrapper module's directory (sources, go.mod, build log).
+    src: PathBuf,
+    /// Where the binaries go.
+    bin: PathBuf,
+    go_mod: String,
+    /// Extra files of the wrapper module: (name, contents).
+    files: Vec<(&'static str, String)>,
+    /// Packages to `go build`, each giving one binary.
+    packages: Vec<String>,
+    /// Binaries that must exist after the build.
+    outputs: Vec<&'static str>,
+    ldflags: String,
+}
+
+/// Checks that a new enough Go is on PATH.
+pub fn ensure_go() -> Result<()> {
+    let version = cmd::output("go version", Command::new("go").arg("version"))
+        .context("Go is needed to build Kubernetes, etcd and CoreDNS from the module proxy")?;
+    let minor = version
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.strip_prefix("go1."))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if minor < MIN_GO_MINOR {
+        bail!(
+            "go version: need go1.{MIN_GO_MINOR} or newer, found {}",
+            version.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Everything this project builds with Go, in build order.
+pub fn programs() -> Result<Vec<GoProgram>> {
+    Ok(vec![kubernetes()?, etcd(), coredns()])
+}
+
+fn program(name: &'static str, version: &str, bin: PathBuf) -> GoProgram {
+    GoProgram {
+        name,
+        version: version.to_string(),
+        src: paths::cache().join(format!("src/{name}-v{version}")),
+        bin,
+        go_mod: String::new(),
+        files: Vec::new(),
+        packages: Vec::new(),
+        outputs: Vec::new(),
+        ldflags: "-s -w".into(),
+    }
+}
+
+fn kubernetes() -> Result<GoProgram> {
+    let v = paths::KUBERNETES_VERSION;
+    let mut p = program("kubernetes", v, paths::kubernetes_bin());
+    let cmds = [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
+    ];
+    p.outputs = cmds.to_vec();
+    if p.is_cached() {
+        return Ok(p);
+    }
+    let staging = staging_modules(v)?;
+    let minor = v.split('.').nth(1).unwrap_or("0");
+    let mut go_mod = format!(
+        "module elasti.local/build/kubernetes\n\ngo 1.25.0\n\ngodebug default=go1.25\n\nrequire k8s.io/kubernetes v{v}\n\n"
+    );
+    // The staging modules are `=> ./staging/...` in kubernetes' go.mod and absent from
+    // its module zip; their published v0.X.Y releases are the same code.
+    for m in &staging {
+        go_mod.push_str(&format!(
+            "replace {m} => {m} v0.{}\n",
+            v.trim_start_matches("1.")
+        ));
+    }
+    p.go_mod = go_mod;
+    let imports: String = cmds
+        .iter()
+        .map(|c| format!("\t_ \"k8s.io/kubernetes/cmd/{c}\"\n"))
+        .collect();
+    p.files.push((
+        "tools.go",
+        format!("//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"),
+    ));
+    p.packages = cmds
+        .iter()
+        .map(|c| format!("k8s.io/kubernetes/cmd/{c}"))
+        .collect();
+    // As hack/lib/version.sh sets them, so `kubectl version` and the apiserver say v1.35.x.
+    let mut ld = String::from("-s -w");
+    for pkg in [
+        "k8s.io/client-go/pkg/version",
+        "k8s.io/component-base/version",
+    ] {
+        for (k, val) in [
+            ("gitVersion", format!("v{v}")),
+            ("gitMajor", "1".to_string()),
+            ("gitMinor", minor.to_string()),
+            ("gitTreeState", "clean".to_string()),
+            ("buildDate", "1970-01-01T00:00:00Z".to_string()),
+        ] {
+            ld.push_str(&format!(" -X '{pkg}.{k}={val}'"));
+        }
+    }
+    p.ldflags = ld;
+    Ok(p)
+}
+
+/// The `k8s.io/*` modules that kubernetes' go.mod points at `./staging`.
+fn staging_modules(version: &str) -> Result<Vec<String>> {
+    let out = cmd::output(
+        "go mod download k8s.io/kubernetes",
+        Command::new("go").args([
+            "mod",
+            "download",
+            "-json",
+            &format!("k8s.io/kubernetes@v{version}"),
+        ]),
+    )?;
+    let info: serde_json::Value = serde_json::from_str(&out).context("go mod download -json")?;
+    let go_mod = info["GoMod"]
+        .as_str()
+        .context("go mod download: no GoMod path")?;
+    let text = fs::read_to_string(go_mod).with_context(|| format!("reading {go_mod}"))?;
+    let modules: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("=> ./staging/"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect();
+    if modules.len() < 20 {
+        bail!(
+            "k8s.io/kubernetes go.mod: expected ~31 staging replaces, found {}",
+            modules.len()
+        );
+    }
+    Ok(modules)
+}
+
+fn etcd() -> GoProgram {
+    let v = paths::ETCD_VERSION;
+    let mut p = program("etcd", v, paths::etcd_bin());
+    p.outputs = vec!["etcd"];
+    p.go_mod = format!(
+        "module elasti.local/build/etcd\n\ngo 1.25.0\n\nrequire go.etcd.io/etcd/server/v3 v{v}\n"
+    );
+    p.files.push((
+        "main.go",
+        "// etcd's own main, from go.etcd.io/etcd/server/v3/etcdmain.\npackage main\n\nimport (\n\t\"os\"\n\n\t\"go.etcd.io/etcd/server/v3/etcdmain\"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n".into(),
+    ));
+    p.packages = vec![".".into()];
+    p
+}
+
+fn coredns() -> GoProgram {
+    let v = paths::COREDNS_VERSION;
+    let mut p = program("coredns", v, paths::coredns_bin());
+    p.outputs = vec!["coredns"];
+    p.go_mod = format!(
+        "module elasti.local/build/coredns\n\ngo 1.25.0\n\nrequire github.com/coredns/coredns v{v}\n"
+    );
+    // Only the plugins the cluster's Corefile uses: no cloud SDKs to download and build.
+    let plugins = [
+        "cache",
+        "errors",
+        "health",
+        "kubernetes",
+        "log",
+        "loop",
+        "ready",
+        "reload",
+        "loadbalance",
+    ];
+    let imports: String = plugins
+        .iter()
+        .map(|p| format!("\t_ \"github.com/coredns/coredns/plugin/{p}\"\n"))
+        .collect();
+    p.files.push((
+        "main.go",
+        format!(
+            "// CoreDNS with the plugins elasti's test cluster needs.\npackage main\n\nimport (\n\t\"github.com/coredns/coredns/coremain\"\n\n{imports})\n\nfunc main() {{ coremain.Run() }}\n"
+        ),
+    ));
+    p.packages = vec![".".into()];
+    p
+}
+
+impl GoProgram {
+    fn stamp(&self) -> PathBuf {
+        self.bin.join(".complete")
+    }
+
+    pub fn is_cached(&self) -> bool {
+        self.stamp().is_file() && self.outputs.iter().all(|o| self.bin.join(o).is_file())
+    }
+
+    /// Builds the program unless its stamp says it is already built.
+    pub fn ensure(&self) -> Result<()> {
+        if self.is_cached() {
+            eprintln!("    cached at {}", self.bin.display());
+            return Ok(());
+        }
+        fs::create_dir_all(&self.src)?;
+        fs::create_dir_all(&self.bin)?;
+        fs::write(self.src.join("go.mod"), &self.go_mod)?;
+        for (name, contents) in &self.files {
+            fs::write(self.src.join(name), contents)?;
+        }
+        let log = self.src.join("build.log");
+        eprintln!(
+            "    building in {} (log: {})",
+            self.src.display(),
+            log.display()
+        );
+        cmd::run_logged(
+            &format!("{}: go mod tidy (module proxy)", self.name),
+            &mut self.go(&["mod", "tidy"]),
+            &self.src.join("tidy.log"),
+        )?;
+        let mut build = self.go(&["build", "-trimpath", "-ldflags", &self.ldflags, "-o"]);
+        if self.packages.len() == 1 {
+            build.arg(self.bin.join(self.outputs[0]));
+        } else {
+            build.arg(format!("{}/", self.bin.display()));
+        }
+        build.args(&self.packages);
+        cmd::run_logged(&format!("{}: go build", self.name), &mut build, &log)?;
+        for o in &self.outputs {
+            if !self.bin.join(o).is_file() {
+                bail!("{}: go build did not produce {o}", self.name);
+            }
+        }
+        fs::write(self.stamp(), format!("{} v{}\n", self.name, self.version))?;
+        Ok(())
+    }
+
+    fn go(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("go");
+        c.current_dir(&self.src)
+            .env("CGO_ENABLED", "0")
+            .env("GOFLAGS", "-mod=mod -buildvcs=false")
+            .args(args);
+        c
+    }
+}
+
+/// The static pause binary, compiled from `build/pause/linux/pause.c` in the kubernetes
+/// module zip.
+pub fn ensure_pause() -> Result<()> {
+    let bin = paths::pause_bin();
+    let out = bin.join("pause");
+    if out.is_file() {
+        eprintln!("    cached at {}", bin.display());
+        return Ok(());
+    }
+    fs::create_dir_all(&bin)?;
+    let info = cmd::output(
+        "go mod download k8s.io/kubernetes",
+        Command::new("go").args([
+            "mod",
+            "download",
+            "-json",
+            &format!("k8s.io/kubernetes@v{}", paths::KUBERNETES_VERSION),
+        ]),
+    )?;
+    let info: serde_json::Value = serde_json::from_str(&info)?;
+    let dir = Path::new(info["Dir"].as_str().context("go mod download: no Dir")?);
+    let tmp = bin.join("pause.partial");
+    cmd::run(
+        "compile pause.c",
+        Command::new("gcc")
+            .args([
+                "-Os",
+                "-static",
+                "-Wall",
+                &format!("-DVERSION=v{}", paths::PAUSE_VERSION),
+                "-o",
+            ])
+            .arg(&tmp)
+            .arg(dir.join("build/pause/linux/pause.c")),
+    )?;
+    fs::rename(&tmp, &out)?;
+    Ok(())
+}
