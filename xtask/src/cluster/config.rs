@@ -113,7 +113,7 @@ pub fn controller_manager_args() -> Vec<String> {
         &format!("--service-cluster-ip-range={}", net::SERVICE_CIDR),
         "--leader-elect=false",
         "--bind-address=127.0.0.1",
-        "--controllers=*,-cloud-node-lifecycle,-node-ipam",
+        "--controllers=*",
         "--v=1",
     ])
 }
@@ -149,6 +149,9 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox}"
   enable_unprivileged_ports = true
+  # This machine's root lacks CAP_SYS_RESOURCE, so the -998 that kubelet asks for the
+  # sandbox would fail in runc; keep scores at or above containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -156,6 +159,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{RUN_DIR}/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{STATE_DIR}/cni/net.d"

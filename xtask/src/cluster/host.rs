@@ -198,8 +198,8 @@ pub fn stop(pid: u32, grace: Duration) {
     }
 }
 
-/// Every cgroup directory (in every mounted hierarchy) that belongs to the cluster.
-pub fn cluster_cgroups() -> Vec<PathBuf> {
+/// The root of every mounted cgroup hierarchy: the v2 one and, on hybrid hosts, each v1.
+fn cgroup_roots() -> Vec<PathBuf> {
     let mut roots = vec![cgroup2_root()];
     if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
         for e in entries.flatten() {
@@ -209,8 +209,28 @@ pub fn cluster_cgroups() -> Vec<PathBuf> {
             }
         }
     }
+    roots
+}
+
+/// kubelet insists that its `cgroupRoot` exists in every hierarchy. A new v1 cpuset cgroup
+/// starts with no CPUs or memory nodes, so those are copied from the parent.
+pub fn create_pods_cgroup() -> Result<()> {
+    for root in cgroup_roots() {
+        let dir = root.join(PODS_CGROUP);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(value) = fs::read_to_string(root.join(file)) {
+                fs::write(dir.join(file), value.trim()).with_context(|| format!("{}/{file}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every cgroup directory (in every mounted hierarchy) that belongs to the cluster.
+pub fn cluster_cgroups() -> Vec<PathBuf> {
     let mut found = Vec::new();
-    for root in roots {
+    for root in cgroup_roots() {
         for name in [PODS_CGROUP, SYSTEM_CGROUP] {
             let top = root.join(name);
             if top.is_dir() {
@@ -334,6 +354,11 @@ pub fn sweep() -> Vec<String> {
     for dir in [STATE_DIR, RUN_DIR] {
         let _ = fs::remove_dir_all(dir);
     }
+    // containerd 1.6 puts shim sockets and FIFOs under /run/containerd whatever its state
+    // dir; ours is the only containerd on the machine when none is left running.
+    if !containerd_running() {
+        let _ = fs::remove_dir_all(SHARED_CONTAINERD_DIR);
+    }
     leftovers()
 }
 
@@ -374,7 +399,7 @@ pub fn leftovers() -> Vec<String> {
     if !cni.is_empty() {
         out.push(format!("CNI state files: {}", cni.len()));
     }
-    for dir in [STATE_DIR, RUN_DIR] {
+    for dir in [STATE_DIR, RUN_DIR, SHARED_CONTAINERD_DIR] {
         if Path::new(dir).exists() {
             out.push(format!("directory: {dir}"));
         }
@@ -383,6 +408,16 @@ pub fn leftovers() -> Vec<String> {
         out.push(chains);
     }
     out
+}
+
+/// Where containerd-shim puts its sockets regardless of containerd's configured state.
+const SHARED_CONTAINERD_DIR: &str = "/run/containerd";
+
+fn containerd_running() -> bool {
+    fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+        fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "containerd")
+            && !is_zombie(e.file_name().to_string_lossy().parse().unwrap_or(0))
+    })
 }
 
 /// kube-proxy's chains must never appear in the host's own namespace.

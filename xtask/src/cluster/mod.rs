@@ -164,13 +164,14 @@ pub fn up() -> Result<()> {
             bail!("cluster up: could not clean up: {}", still.join("; "));
         }
     }
-    let result = start_everything();
-    if let Err(e) = result {
-        eprintln!(
-            "cluster up failed: {e:#}\n(logs in {}); tearing down",
-            host::log_dir().display()
-        );
-        let _ = host::sweep();
+    if let Err(e) = start_everything() {
+        // ELASTI_KEEP_FAILED=1 leaves a failed cluster running for debugging.
+        if std::env::var_os("ELASTI_KEEP_FAILED").is_some() {
+            eprintln!("cluster up failed; left running (ELASTI_KEEP_FAILED); logs in {}", host::log_dir().display());
+        } else {
+            eprintln!("cluster up failed; tearing down (logs in {})", host::log_dir().display());
+            let _ = host::sweep();
+        }
         return Err(e);
     }
     eprintln!(
@@ -179,6 +180,8 @@ pub fn up() -> Result<()> {
     );
     Ok(())
 }
+
+const COREDNS_READY_TIMEOUT_SECS: u64 = 180;
 
 fn start_everything() -> Result<()> {
     let p = cmd::Progress::start("network namespace, PKI, configs");
@@ -239,6 +242,7 @@ fn start_everything() -> Result<()> {
     import_images(&tarballs)?;
 
     let p = cmd::Progress::start("kubelet, kube-proxy");
+    host::create_pods_cgroup()?;
     let kubelet_config = config::write_kubelet_config()?;
     host::spawn(
         "kubelet",
@@ -267,7 +271,7 @@ fn start_everything() -> Result<()> {
 
     let p = cmd::Progress::start("system objects and CoreDNS");
     apply(&config::system_manifests())?;
-    wait_alive_and("CoreDNS Ready", Duration::from_secs(180), || {
+    wait_alive_and("CoreDNS Ready", Duration::from_secs(COREDNS_READY_TIMEOUT_SECS), || {
         cmd::succeeds(kubectl().args([
             "-n",
             "kube-system",
