@@ -22,6 +22,12 @@ pub fn require_cluster() {
     );
 }
 
+/// Whether the suite runs against the local cluster, whose network namespace this process
+/// shares (so ClusterIPs are reachable from here), rather than kind.
+pub fn on_local_cluster() -> bool {
+    std::env::var("ELASTI_CLUSTER").map_or(true, |c| c == "local")
+}
+
 /// Runs `kubectl args…` and returns stdout; stderr is in the error.
 pub fn kubectl(args: &[&str]) -> Result<String> {
     let out = Command::new("kubectl")

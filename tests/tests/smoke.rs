@@ -43,9 +43,11 @@ fn service_answers_then_fails_at_zero() -> anyhow::Result<()> {
 
     // From a pod, by ClusterIP and by DNS name. kube-proxy programs a new Service within
     // about a second (its min sync period), so the first answer is awaited, not assumed.
-    let by_ip = wait_until("kube-proxy to program the Service", Duration::from_secs(30), || {
-        get_from_client_pod(ns, &format!("http://{cluster_ip}/"), 5).ok()
-    })?;
+    let by_ip = wait_until(
+        "kube-proxy to program the Service",
+        Duration::from_secs(30),
+        || get_from_client_pod(ns, &format!("http://{cluster_ip}/"), 5).ok(),
+    )?;
     assert!(by_ip.starts_with("HTTP/1.1 200"), "by ClusterIP: {by_ip}");
     assert!(
         by_ip.contains(&served_by),

@@ -220,7 +220,8 @@ pub fn create_pods_cgroup() -> Result<()> {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for file in ["cpuset.cpus", "cpuset.mems"] {
             if let Ok(value) = fs::read_to_string(root.join(file)) {
-                fs::write(dir.join(file), value.trim()).with_context(|| format!("{}/{file}", dir.display()))?;
+                fs::write(dir.join(file), value.trim())
+                    .with_context(|| format!("{}/{file}", dir.display()))?;
             }
         }
     }
@@ -351,6 +352,14 @@ pub fn sweep() -> Vec<String> {
         let _ = fs::remove_file(f);
     }
     let _ = fs::remove_dir_all(format!("/var/lib/cni/networks/{}", net::CNI_NETWORK));
+    // libcni's cache dirs, only if nothing else uses them (remove_dir fails when not empty).
+    for dir in [
+        "/var/lib/cni/results",
+        "/var/lib/cni/networks",
+        "/var/lib/cni",
+    ] {
+        let _ = fs::remove_dir(dir);
+    }
     for dir in [STATE_DIR, RUN_DIR] {
         let _ = fs::remove_dir_all(dir);
     }
@@ -414,29 +423,31 @@ pub fn leftovers() -> Vec<String> {
 const SHARED_CONTAINERD_DIR: &str = "/run/containerd";
 
 fn containerd_running() -> bool {
-    fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
-        fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "containerd")
-            && !is_zombie(e.file_name().to_string_lossy().parse().unwrap_or(0))
-    })
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "containerd")
+                && !is_zombie(e.file_name().to_string_lossy().parse().unwrap_or(0))
+        })
 }
 
 /// kube-proxy's chains must never appear in the host's own namespace.
 fn host_kube_chains() -> Option<String> {
+    let shows = |program: &str, args: &[&str], needle: &str| {
+        cmd::have(program)
+            && Command::new(program)
+                .args(args)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(needle))
+    };
     let mut found = Vec::new();
-    if cmd::have("iptables-save") {
-        if let Ok(out) = Command::new("iptables-save").output() {
-            if String::from_utf8_lossy(&out.stdout).contains("KUBE-") {
-                found.push("iptables");
-            }
-        }
+    if shows("iptables-save", &[], "KUBE-") {
+        found.push("iptables");
     }
-    if cmd::have("nft") {
-        if let Ok(out) = Command::new("nft").args(["list", "tables"]).output() {
-            let text = String::from_utf8_lossy(&out.stdout);
-            if text.contains("kube-proxy") {
-                found.push("nftables");
-            }
-        }
+    if shows("nft", &["list", "tables"], "kube-proxy") {
+        found.push("nftables");
     }
     (!found.is_empty()).then(|| {
         format!(

@@ -14,11 +14,16 @@ use crate::{cmd, paths};
 
 mod config;
 pub mod host;
+pub mod kind;
 pub mod net;
 mod pki;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Use a kind cluster instead of the local one (needs Docker and a network; unverified
+    /// on elasti's own machines, which have neither).
+    #[arg(long, default_value_t = false)]
+    kind: bool,
     #[command(subcommand)]
     action: Action,
 }
@@ -43,6 +48,24 @@ enum Action {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    if args.kind {
+        return match &args.action {
+            Action::Up => kind::up(&crate::images::build()?),
+            Action::Down => kind::down(),
+            Action::Status => cmd::run(
+                "kind status",
+                kind::in_cluster("kubectl").args(["get", "nodes,pods", "-A"]),
+            ),
+            Action::Kubeconfig => {
+                println!("{}", kind::kubeconfig().display());
+                Ok(())
+            }
+            Action::Exec { command } => {
+                let status = kind::in_cluster(&command[0]).args(&command[1..]).status()?;
+                std::process::exit(status.code().unwrap_or(1));
+            }
+        };
+    }
     match &args.action {
         Action::Up => up(),
         Action::Down => down(),
@@ -71,6 +94,7 @@ pub fn in_cluster(program: &str) -> Command {
         .arg("--")
         .arg(program)
         .env("KUBECONFIG", config::kubeconfig("admin"))
+        .env("ELASTI_CLUSTER", "local")
         .env("PATH", path);
     c
 }
@@ -167,9 +191,15 @@ pub fn up() -> Result<()> {
     if let Err(e) = start_everything() {
         // ELASTI_KEEP_FAILED=1 leaves a failed cluster running for debugging.
         if std::env::var_os("ELASTI_KEEP_FAILED").is_some() {
-            eprintln!("cluster up failed; left running (ELASTI_KEEP_FAILED); logs in {}", host::log_dir().display());
+            eprintln!(
+                "cluster up failed; left running (ELASTI_KEEP_FAILED); logs in {}",
+                host::log_dir().display()
+            );
         } else {
-            eprintln!("cluster up failed; tearing down (logs in {})", host::log_dir().display());
+            eprintln!(
+                "cluster up failed; tearing down (logs in {})",
+                host::log_dir().display()
+            );
             let _ = host::sweep();
         }
         return Err(e);
@@ -271,16 +301,20 @@ fn start_everything() -> Result<()> {
 
     let p = cmd::Progress::start("system objects and CoreDNS");
     apply(&config::system_manifests())?;
-    wait_alive_and("CoreDNS Ready", Duration::from_secs(COREDNS_READY_TIMEOUT_SECS), || {
-        cmd::succeeds(kubectl().args([
-            "-n",
-            "kube-system",
-            "rollout",
-            "status",
-            "deploy/coredns",
-            "--timeout=2s",
-        ]))
-    })?;
+    wait_alive_and(
+        "CoreDNS Ready",
+        Duration::from_secs(COREDNS_READY_TIMEOUT_SECS),
+        || {
+            cmd::succeeds(kubectl().args([
+                "-n",
+                "kube-system",
+                "rollout",
+                "status",
+                "deploy/coredns",
+                "--timeout=2s",
+            ]))
+        },
+    )?;
     p.done();
     Ok(())
 }

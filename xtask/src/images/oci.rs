@@ -151,3 +151,77 @@ fn sha256(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, io::Read};
+
+    use super::*;
+
+    #[test]
+    fn every_blob_is_stored_under_its_digest_and_the_index_names_the_image() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("elasti-oci-test-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        let source = dir.join("hello");
+        fs::write(&source, b"hello")?;
+        let spec = ImageSpec {
+            reference: "elasti.local/test:1.2.3".into(),
+            files: vec![ImageFile {
+                dest: "/usr/local/bin/hello".into(),
+                source,
+                mode: 0o755,
+            }],
+            entrypoint: vec!["/usr/local/bin/hello".into()],
+            env: vec![],
+            user: "65532:65532".into(),
+        };
+        let out = dir.join("image.tar");
+        write(&spec, &out)?;
+
+        let mut entries = HashMap::new();
+        for e in tar::Archive::new(fs::File::open(&out)?).entries()? {
+            let mut e = e?;
+            let mut data = Vec::new();
+            e.read_to_end(&mut data)?;
+            entries.insert(e.path()?.display().to_string(), data);
+        }
+        for (path, data) in &entries {
+            if let Some(digest) = path.strip_prefix("blobs/sha256/") {
+                assert_eq!(
+                    sha256(data),
+                    digest,
+                    "{path} is not stored under its digest"
+                );
+            }
+        }
+        let index: serde_json::Value = serde_json::from_slice(&entries["index.json"])?;
+        let m = &index["manifests"][0];
+        assert_eq!(
+            m["annotations"]["io.containerd.image.name"],
+            "elasti.local/test:1.2.3"
+        );
+        assert_eq!(
+            m["annotations"]["org.opencontainers.image.ref.name"],
+            "1.2.3"
+        );
+        let manifest_digest = m["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("sha256:");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&entries[&format!("blobs/sha256/{manifest_digest}")])?;
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("sha256:");
+        let config: serde_json::Value =
+            serde_json::from_slice(&entries[&format!("blobs/sha256/{config_digest}")])?;
+        assert_eq!(config["config"]["User"], "65532:65532");
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0], manifest["layers"][0]["digest"],
+            "uncompressed layer: diff_id = digest"
+        );
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

@@ -148,12 +148,7 @@ fn staging_modules(version: &str) -> Result<Vec<String>> {
         .as_str()
         .context("go mod download: no GoMod path")?;
     let text = fs::read_to_string(go_mod).with_context(|| format!("reading {go_mod}"))?;
-    let modules: Vec<String> = text
-        .lines()
-        .filter(|l| l.contains("=> ./staging/"))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(String::from)
-        .collect();
+    let modules = staging_replaces(&text);
     if modules.len() < 20 {
         bail!(
             "k8s.io/kubernetes go.mod: expected ~31 staging replaces, found {}",
@@ -161,6 +156,16 @@ fn staging_modules(version: &str) -> Result<Vec<String>> {
         );
     }
     Ok(modules)
+}
+
+/// Module paths of the `replace X => ./staging/...` lines of a go.mod.
+fn staging_replaces(go_mod: &str) -> Vec<String> {
+    go_mod
+        .lines()
+        .filter(|l| l.contains("=> ./staging/"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
 }
 
 fn etcd() -> GoProgram {
@@ -307,4 +312,18 @@ pub fn ensure_pause() -> Result<()> {
     )?;
     fs::rename(&tmp, &out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_replaces_are_read_from_the_replace_block_only() {
+        let go_mod = "require (\n\tk8s.io/api v0.0.0\n)\nreplace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n\tk8s.io/client-go => ./staging/src/k8s.io/client-go\n\tgithub.com/x/y => github.com/x/y v1.0.0\n)\n";
+        assert_eq!(
+            staging_replaces(go_mod),
+            vec!["k8s.io/api", "k8s.io/client-go"]
+        );
+    }
 }
