@@ -79,7 +79,18 @@ spec:
     )?;
     let url = format!("http://{ip}/");
     println!("\nGET {url} with 1 replica:");
-    let warm = cmd::output("request", &mut http_get(&url))?;
+    // kube-proxy programs a new Service within about a second; wait for it.
+    let mut warm = None;
+    for _ in 0..30 {
+        if let Ok(out) = cmd::output("request", &mut http_get(&url)) {
+            warm = Some(out);
+            break;
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+    let Some(warm) = warm else {
+        bail!("demo: {url} did not answer with one replica")
+    };
     println!("{}", indent(&warm));
 
     let p = cmd::Progress::start("scale web to 0 replicas");
