@@ -1,0 +1,11 @@
+//! The contracts between elasti's parts and its users:
+//!
+//! - [`ElastiService`]: the CRD, wire-compatible with KubeElasti's `elasti.truefoundry.com/v1alpha1`
+//!   (existing manifests apply unchanged), plus Kubernetes-style status extensions.
+//! - [`wake`]: the agent → operator scale-up notification (design §2.5).
+#![forbid(unsafe_code)]
+
+mod elastiservice;
+pub mod wake;
+
+pub use elastiservice::*;
