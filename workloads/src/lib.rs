@@ -1,4 +1,8 @@
-//! Shared bits of the test workloads: which pod is answering, and graceful shutdown.
+//! Test workloads for elasti's suites, as a library so in-process tests run the very same
+//! servers the images run.
+
+pub mod http;
+pub mod tcp_echo;
 
 /// The pod name, from the downward API (`POD_NAME`), else the hostname.
 pub fn pod_name() -> String {

@@ -1,0 +1,139 @@
+//! The agent's Prometheus metrics. Every outcome of a held connection or request is
+//! counted here with its service, never dropped silently.
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::hold::ServiceId;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+}
+
+impl From<&ServiceId> for ServiceLabels {
+    fn from(id: &ServiceId) -> Self {
+        Self {
+            namespace: id.namespace.clone(),
+            service: id.name.clone(),
+            port: id.port,
+        }
+    }
+}
+
+/// What the agent did with a connection or request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Outcome {
+    /// Forwarded without waiting (the service was already Ready: the grace window).
+    Forwarded,
+    /// Held until an endpoint became Ready, then forwarded.
+    ForwardedAfterHold,
+    /// Refused because the service's queue was full (HTTP 503 + Retry-After; TCP closed).
+    QueueFull,
+    /// No endpoint became Ready within the deadline (HTTP 504; TCP closed).
+    Deadline,
+    /// No endpoint accepted the connection, or the pod failed mid-forward (HTTP 502).
+    UpstreamFailed,
+    /// The client sent something that is not HTTP where HTTP was expected, or too slowly.
+    Malformed,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Tcp,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub outcome: Outcome,
+}
+
+/// Upper bounds (seconds) for the hold-time histogram: sub-millisecond hand-offs up to
+/// multi-minute cold starts.
+const HOLD_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+pub struct Metrics {
+    outcomes: Family<OutcomeLabels, Counter>,
+    held: Family<ServiceLabels, Gauge>,
+    hold_seconds: Family<ServiceLabels, Histogram>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `elasti_agent_*`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            outcomes: Family::default(),
+            held: Family::default(),
+            hold_seconds: Family::new_with_constructor(|| Histogram::new(HOLD_BUCKETS)),
+        };
+        let r = registry.sub_registry_with_prefix("elasti_agent");
+        r.register(
+            "outcomes",
+            "Held connections and requests by what became of them",
+            m.outcomes.clone(),
+        );
+        r.register(
+            "held",
+            "Connections and requests waiting for a Ready endpoint",
+            m.held.clone(),
+        );
+        r.register(
+            "hold_seconds",
+            "Time from a connection or request being held to it being forwarded",
+            m.hold_seconds.clone(),
+        );
+        m
+    }
+
+    pub fn outcome(&self, id: &ServiceId, protocol: Protocol, outcome: Outcome) {
+        let l = ServiceLabels::from(id);
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                namespace: l.namespace,
+                service: l.service,
+                port: l.port,
+                protocol,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The gauge a [`crate::hold::HeldService`] keeps its queue length in.
+    pub fn held_gauge(&self, id: &ServiceId) -> Gauge {
+        self.held.get_or_create(&ServiceLabels::from(id)).clone()
+    }
+
+    pub fn waited(&self, id: &ServiceId, waited: Duration) {
+        self.hold_seconds
+            .get_or_create(&ServiceLabels::from(id))
+            .observe(waited.as_secs_f64());
+    }
+
+    /// The count for one outcome (tests and the bench read it).
+    pub fn count(&self, id: &ServiceId, protocol: Protocol, outcome: Outcome) -> u64 {
+        let l = ServiceLabels::from(id);
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                namespace: l.namespace,
+                service: l.service,
+                port: l.port,
+                protocol,
+                outcome,
+            })
+            .get()
+    }
+}

@@ -1,0 +1,361 @@
+//! Hold and release through the real proxy: real sockets on loopback, the real test
+//! workload servers as "pods", and the endpoint watch flipped the way the EndpointSlice
+//! watch flips it. (In the cluster suite the flip comes from the apiserver.)
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use elasti_agent::{
+    hold::{Endpoints, HeldService, ServiceId, Wake, admission::Limits},
+    listen::{ProxyListener, bind_reuseport},
+    metrics::{Metrics, Outcome, Protocol},
+};
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+#[derive(Default)]
+struct Wakes(Mutex<usize>);
+
+impl Wake for Wakes {
+    fn wake(&self, _: &ServiceId) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    service: Arc<HeldService>,
+    metrics: Arc<Metrics>,
+    endpoints: watch::Sender<Endpoints>,
+    wakes: Arc<Wakes>,
+    _listener: ProxyListener,
+}
+
+async fn proxy(limits: Limits) -> Proxy {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let (tx, rx) = watch::channel(Endpoints::from(Vec::new()));
+    let id = ServiceId {
+        namespace: "test".into(),
+        name: "web".into(),
+        port: 80,
+    };
+    let wakes = Arc::new(Wakes::default());
+    let service = Arc::new(HeldService::new(
+        id.clone(),
+        rx,
+        limits,
+        wakes.clone(),
+        metrics.held_gauge(&id),
+    ));
+    let listener = bind_reuseport("127.0.0.1:0".parse().expect("addr")).expect("bind proxy");
+    let listener = ProxyListener::spawn(listener, service.clone(), metrics.clone()).expect("spawn");
+    Proxy {
+        addr: listener.local_addr(),
+        service,
+        metrics,
+        endpoints: tx,
+        wakes,
+        _listener: listener,
+    }
+}
+
+/// Starts the HTTP test workload as pod `pod`.
+async fn http_pod(pod: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind pod");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(elasti_workloads::http::serve(l, pod.to_string()));
+    addr
+}
+
+async fn tcp_pod(pod: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind pod");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(elasti_workloads::tcp_echo::serve(l, pod.to_string()));
+    addr
+}
+
+async fn wait_held(p: &Proxy, n: usize) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while p.service.held() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} held", p.service.held()));
+}
+
+async fn http1_get(addr: SocketAddr, path: &str) -> (u16, hyper::HeaderMap, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect proxy");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "web.test")
+        .header("x-trace", "abc")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = tx.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_held_http_requests_and_tcp_connections_are_all_answered_after_release() {
+    let p = proxy(Limits::default()).await;
+    let http = (0..500)
+        .map(|_| tokio::spawn(http1_get(p.addr, "/")))
+        .collect::<Vec<_>>();
+    let tcp = (0..500)
+        .map(|i| {
+            let addr = p.addr;
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.expect("connect");
+                s.write_all(format!("hello {i}\n").as_bytes())
+                    .await
+                    .expect("write");
+                let mut line = String::new();
+                BufReader::new(&mut s)
+                    .read_line(&mut line)
+                    .await
+                    .expect("read");
+                line
+            })
+        })
+        .collect::<Vec<_>>();
+    wait_held(&p, 1000).await;
+    assert_eq!(
+        *p.wakes.0.lock().expect("lock"),
+        1,
+        "one wake for the whole cold start"
+    );
+
+    let pod = http_pod("web-1").await;
+    p.endpoints.send_replace(Endpoints::from(vec![pod]));
+    for h in http {
+        let (status, headers, body) = h.await.expect("task");
+        assert_eq!(status, 200);
+        assert_eq!(body, "pod=web-1\n");
+        assert_eq!(
+            headers.get("x-trace").map(|v| v.as_bytes()),
+            Some(&b"abc"[..]),
+            "request headers survive the hold"
+        );
+    }
+    for t in tcp {
+        // Opaque bytes spliced to an HTTP pod: its 400 proves they reached the pod.
+        let line = t.await.expect("task");
+        assert!(
+            line.starts_with("HTTP/1.1 400"),
+            "spliced to the pod: {line:?}"
+        );
+    }
+    assert_eq!(
+        p.metrics
+            .count(p.service.id(), Protocol::Http1, Outcome::ForwardedAfterHold),
+        500
+    );
+    assert_eq!(
+        p.metrics
+            .count(p.service.id(), Protocol::Tcp, Outcome::ForwardedAfterHold),
+        500
+    );
+    assert_eq!(p.service.held(), 0);
+}
+
+#[tokio::test]
+async fn raw_tcp_is_held_then_spliced_to_the_pod() {
+    let p = proxy(Limits::default()).await;
+    let addr = p.addr;
+    let client = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"WHO\n").await.expect("write");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("read");
+        r.get_mut().write_all(b"again\n").await.expect("write");
+        let mut echo = String::new();
+        r.read_line(&mut echo).await.expect("read");
+        (line, echo)
+    });
+    wait_held(&p, 1).await;
+    p.endpoints
+        .send_replace(Endpoints::from(vec![tcp_pod("echo-1").await]));
+    let (who, echo) = client.await.expect("task");
+    assert_eq!(who, "pod=echo-1\n");
+    assert_eq!(echo, "again\n");
+}
+
+#[tokio::test]
+async fn streaming_large_bodies_websocket_and_grpc_survive_a_hold() {
+    let p = proxy(Limits::default()).await;
+    let addr = p.addr;
+    let streamed = tokio::spawn(http1_get(addr, "/stream?chunks=3&interval_ms=20"));
+    let big = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let body = vec![b'x'; 1 << 20];
+        let req = Request::post("/echo")
+            .header("host", "web")
+            .body(Full::new(Bytes::from(body)))
+            .expect("req");
+        let resp = tx.send_request(req).await.expect("resp");
+        resp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .len()
+    });
+    let ws = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+            .await
+            .expect("websocket handshake through the hold");
+        ws.send("hello".into()).await.expect("send");
+        ws.next()
+            .await
+            .expect("frame")
+            .expect("message")
+            .into_text()
+            .expect("text")
+            .to_string()
+    });
+    let grpc = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&5u32.to_be_bytes());
+        frame.extend_from_slice(b"hello");
+        let req = Request::post("http://web/elasti.test.Echo/ServerStream")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-repeat", "2")
+            .body(Full::new(Bytes::from(frame.clone())))
+            .expect("req");
+        let resp = tx.send_request(req).await.expect("grpc response");
+        let collected = resp.into_body().collect().await.expect("body");
+        let status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        (
+            collected.to_bytes().to_vec() == [frame.clone(), frame].concat(),
+            status,
+        )
+    });
+    wait_held(&p, 4).await;
+    p.endpoints
+        .send_replace(Endpoints::from(vec![http_pod("web-2").await]));
+
+    let (status, _, body) = streamed.await.expect("task");
+    assert_eq!(status, 200);
+    assert_eq!(body.lines().count(), 3, "all chunks: {body}");
+    assert_eq!(big.await.expect("task"), 1 << 20, "1 MiB echoed whole");
+    assert_eq!(
+        ws.await.expect("task"),
+        "hello",
+        "websocket echo through the hold"
+    );
+    let (frames_ok, grpc_status) = grpc.await.expect("task");
+    assert!(frames_ok, "server-streaming gRPC frames echoed twice");
+    assert_eq!(
+        grpc_status.as_deref(),
+        Some("0"),
+        "grpc-status trailer survives"
+    );
+}
+
+#[tokio::test]
+async fn overflow_gives_503_with_retry_after_and_the_deadline_gives_504() {
+    let p = proxy(Limits {
+        max_held: 1,
+        deadline: Duration::from_millis(500),
+    })
+    .await;
+    let first = tokio::spawn(http1_get(p.addr, "/"));
+    wait_held(&p, 1).await;
+    let (status, headers, _) = http1_get(p.addr, "/").await;
+    assert_eq!(status, 503);
+    assert!(
+        headers.contains_key("retry-after"),
+        "503 carries Retry-After"
+    );
+    let (status, _, _) = first.await.expect("task");
+    assert_eq!(status, 504, "nothing became Ready within the deadline");
+    assert_eq!(
+        p.metrics
+            .count(p.service.id(), Protocol::Http1, Outcome::QueueFull),
+        1
+    );
+    assert_eq!(
+        p.metrics
+            .count(p.service.id(), Protocol::Http1, Outcome::Deadline),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_in_the_ready_set_does_not_fail_held_requests() {
+    let p = proxy(Limits::default()).await;
+    let clients: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(http1_get(p.addr, "/")))
+        .collect();
+    wait_held(&p, 20).await;
+    // A pod killed mid-wake: still listed Ready, but its port refuses.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let live = http_pod("web-3").await;
+    p.endpoints.send_replace(Endpoints::from(vec![dead, live]));
+    for c in clients {
+        let (status, _, body) = c.await.expect("task");
+        assert_eq!((status, body.as_str()), (200, "pod=web-3\n"));
+    }
+}
+
+#[tokio::test]
+async fn garbage_is_spliced_and_closed_not_held_open() {
+    let p = proxy(Limits::default()).await;
+    p.endpoints
+        .send_replace(Endpoints::from(vec![http_pod("web-4").await]));
+    let mut g = TcpStream::connect(p.addr).await.expect("connect");
+    g.write_all(b"\x00\x01garbage\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut g, &mut out),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "a garbage connection is answered and closed by the pod, not held open"
+    );
+    let (status, _, _) = http1_get(p.addr, "/").await;
+    assert_eq!(status, 200);
+}
