@@ -4,11 +4,19 @@
 //! - [`listen`]: one listener per allocated proxy port; classifies each connection.
 //! - [`hold`]: per-service bounded queues that wait for Ready endpoints.
 //! - [`forward`]: from a held connection or request straight to a Ready pod.
-//! - [`metrics`]: every outcome, counted.
+//! - [`wake`]: readiness from EndpointSlices, and the scale-up notification.
+//! - [`plan`]: which (Service, port)s to hold, from the watched objects (pure).
+//! - [`run`]: the agent's main loop: watches, listeners, map entries, admin server.
+//! - [`metrics`]: every outcome, counted; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
 pub mod forward;
 pub mod hold;
 pub mod intercept;
 pub mod listen;
 pub mod metrics;
+pub mod plan;
+pub mod run;
+pub mod wake;

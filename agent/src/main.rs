@@ -1,27 +1,20 @@
 //! `elasti-agent`: args, tracing, run.
-use std::path::PathBuf;
-
-use anyhow::Context;
 use clap::Parser;
-
-#[derive(Parser)]
-#[command(about, version)]
-struct Args {
-    /// cgroup v2 directory whose processes' connects are intercepted. Production: the host's
-    /// cgroup v2 root; tests: a subtree holding only test processes.
-    #[arg(long, env = "ELASTI_CGROUP_PATH", default_value = "/sys/fs/cgroup")]
-    cgroup_path: PathBuf,
-}
+use elasti_agent::config::Args;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
     let args = Args::parse();
-    let _interceptor = elasti_agent::intercept::Interceptor::attach(&args.cgroup_path)
-        .with_context(|| format!("attaching at {}", args.cgroup_path.display()))?;
-    tracing::info!(cgroup = %args.cgroup_path.display(), "eBPF programs attached");
-    tokio::signal::ctrl_c().await?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    elasti_agent::run::run(args).await?;
     Ok(())
 }

@@ -44,6 +44,30 @@ pub enum Outcome {
     Malformed,
 }
 
+/// What became of one `POST /v1/wake`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum WakeResult {
+    /// 202: the scale-up is done or under way.
+    Accepted,
+    /// 404: the operator does not manage this service (yet).
+    UnknownService,
+    /// 401/403: the operator refused our token.
+    Refused,
+    /// The token file could not be read.
+    NoToken,
+    /// No answer (connection refused, timeout).
+    Unreachable,
+    /// Any other answer.
+    Failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WakeLabels {
+    pub namespace: String,
+    pub service: String,
+    pub result: WakeResult,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Protocol {
     Http1,
@@ -70,6 +94,7 @@ pub struct Metrics {
     outcomes: Family<OutcomeLabels, Counter>,
     held: Family<ServiceLabels, Gauge>,
     hold_seconds: Family<ServiceLabels, Histogram>,
+    wakes: Family<WakeLabels, Counter>,
 }
 
 impl Metrics {
@@ -79,6 +104,7 @@ impl Metrics {
             outcomes: Family::default(),
             held: Family::default(),
             hold_seconds: Family::new_with_constructor(|| Histogram::new(HOLD_BUCKETS)),
+            wakes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("elasti_agent");
         r.register(
@@ -96,7 +122,22 @@ impl Metrics {
             "Time from a connection or request being held to it being forwarded",
             m.hold_seconds.clone(),
         );
+        r.register(
+            "wake_requests",
+            "Wake notifications sent to the operator, by result",
+            m.wakes.clone(),
+        );
         m
+    }
+
+    pub fn wake(&self, id: &ServiceId, result: WakeResult) {
+        self.wakes
+            .get_or_create(&WakeLabels {
+                namespace: id.namespace.clone(),
+                service: id.name.clone(),
+                result,
+            })
+            .inc();
     }
 
     pub fn outcome(&self, id: &ServiceId, protocol: Protocol, outcome: Outcome) {

@@ -1,6 +1,13 @@
 //! A proxy port's listener: accept, peek, classify, and hand each connection to the TCP or
 //! HTTP forwarder of its service. The port says which service a connection is for.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use socket2::{Domain, Socket, Type};
 use tokio::{
@@ -41,6 +48,8 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub struct ProxyListener {
     local: SocketAddr,
     task: JoinHandle<()>,
+    /// Accepted connections still being served (held or forwarding).
+    active: Arc<AtomicUsize>,
 }
 
 impl ProxyListener {
@@ -57,6 +66,8 @@ impl ProxyListener {
             metrics.clone(),
             balancer.clone(),
         ));
+        let active = Arc::new(AtomicUsize::new(0));
+        let counter = active.clone();
         let task = tokio::spawn(async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
@@ -75,16 +86,44 @@ impl ProxyListener {
                     balancer.clone(),
                     http.clone(),
                 );
+                let guard = ActiveGuard::new(counter.clone());
                 tokio::spawn(async move {
                     handle(stream, peer, service, metrics, balancer, http).await;
+                    drop(guard);
                 });
             }
         });
-        Ok(Self { local, task })
+        Ok(Self {
+            local,
+            task,
+            active,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// A counter of the connections this listener accepted that are still open; it stays
+    /// valid after the listener is dropped, for draining.
+    pub fn active(&self) -> Arc<AtomicUsize> {
+        self.active.clone()
+    }
+}
+
+/// Counts one accepted connection for as long as it is served.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(counter: Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,0 +1,100 @@
+//! The agent's flags. Every one has a default (or says why it must be given) and an
+//! `ELASTI_*` environment variable, so the DaemonSet can set them from the downward API.
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+
+use crate::hold::admission::Limits;
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "elasti-agent",
+    about = "elasti node agent: holds connections to scaled-to-zero Services and wakes them",
+    version
+)]
+pub struct Args {
+    /// cgroup v2 directory whose processes' connects are intercepted. `auto`: the host's
+    /// cgroup v2 root (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts), checked
+    /// to be the root (id 1). Tests point it at a subtree holding only test processes.
+    #[arg(long, env = "ELASTI_CGROUP_PATH", default_value = "auto")]
+    pub cgroup_path: String,
+
+    /// The address held connects are steered to: this node's IP (set it from the downward
+    /// API's status.hostIP). Never 127.0.0.1: inside a pod's netns that is the pod itself.
+    #[arg(long, env = "ELASTI_PROXY_ADDRESS")]
+    pub proxy_address: IpAddr,
+
+    /// Address the proxy listeners bind (one per allocated proxy port).
+    #[arg(long, env = "ELASTI_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub listen_address: IpAddr,
+
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "ELASTI_ADMIN_ADDRESS", default_value = "0.0.0.0:9090")]
+    pub admin_address: SocketAddr,
+
+    /// Connections/requests one service may hold at once; more get 503 + Retry-After.
+    #[arg(long, env = "ELASTI_MAX_HELD", default_value_t = Limits::DEFAULT_MAX_HELD)]
+    pub max_held: usize,
+
+    /// Seconds a held connection/request waits for a Ready endpoint before 504.
+    #[arg(long, env = "ELASTI_HOLD_TIMEOUT_SECS", default_value_t = Limits::DEFAULT_DEADLINE.as_secs())]
+    pub hold_timeout_secs: u64,
+
+    /// Milliseconds the agent keeps steering new connects after a service became Ready, so
+    /// kube-proxy has programmed the Service before clients go direct again.
+    #[arg(long, env = "ELASTI_HANDBACK_GRACE_MS", default_value_t = 2000)]
+    pub handback_grace_ms: u64,
+
+    /// Seconds to let accepted connections finish on SIGTERM before exiting.
+    #[arg(long, env = "ELASTI_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+
+    /// Base URL of the operator's wake API.
+    #[arg(
+        long,
+        env = "ELASTI_OPERATOR_URL",
+        default_value = "http://elasti-operator.elasti-system.svc:8080"
+    )]
+    pub operator_url: String,
+
+    /// Projected ServiceAccount token (audience elasti-operator) sent with wake requests.
+    #[arg(
+        long,
+        env = "ELASTI_TOKEN_PATH",
+        default_value = "/var/run/secrets/elasti/token"
+    )]
+    pub token_path: PathBuf,
+
+    /// Namespaces whose ElastiServices are acted on (comma-separated); empty: all.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ELASTI_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Args {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_held: self.max_held,
+            deadline: std::time::Duration::from_secs(self.hold_timeout_secs),
+        }
+    }
+
+    /// The namespaces to watch, `None` for all.
+    pub fn namespaces(&self) -> Option<Vec<String>> {
+        let ns: Vec<String> = self
+            .watch_namespaces
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
+        (!ns.is_empty()).then_some(ns)
+    }
+}

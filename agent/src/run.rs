@@ -1,0 +1,471 @@
+//! The agent's main loop. Reflectors keep ElastiServices, Services and EndpointSlices in
+//! memory; on every change (and when a hand-back grace ends) [`plan`] says which ports to
+//! hold, and this module applies the difference:
+//!
+//! - a held port gets its listener **before** its map entries go in;
+//! - its map entries come out **before** its listener closes;
+//! - Ready endpoints go to the port's `watch` channel the moment the slice says so, which
+//!   releases every waiter at once.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use elasti_api::ElastiService;
+use futures::StreamExt;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
+};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::{
+    admin,
+    config::Args,
+    hold::{Endpoints, HeldService, ServiceId},
+    intercept::{Interceptor, ids::IdAllocator, programs::cgroup_id},
+    listen::{ProxyListener, bind_reuseport},
+    metrics::Metrics,
+    plan::{self, HeldPort},
+    wake::{notify, readiness},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cgroup to attach at could not be found or is not the host's root.
+    #[error("cgroup path: {0}")]
+    Cgroup(String),
+    /// Loading or attaching the eBPF programs failed.
+    #[error("intercepting connects failed")]
+    Intercept(#[from] crate::intercept::Error),
+    /// No Kubernetes client could be built (no in-cluster env, no kubeconfig).
+    #[error("building the Kubernetes client failed")]
+    Client(#[source] kube::Error),
+    /// The admin server could not bind.
+    #[error("admin server on {addr} failed")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One port being held, with everything that lives as long as it does.
+struct Active {
+    plan: HeldPort,
+    counter_id: u32,
+    service: Arc<HeldService>,
+    endpoints: watch::Sender<Endpoints>,
+    listener: ProxyListener,
+    /// When the port last got a Ready endpoint; `None` while it has none.
+    ready_since: Option<Instant>,
+    intercepting: bool,
+}
+
+/// Runs the agent until SIGTERM/SIGINT, then empties the maps, stops accepting, and
+/// drains accepted connections.
+pub async fn run(args: Args) -> Result<(), Error> {
+    run_until(args, shutdown_signal()).await
+}
+
+/// [`run`], until `shutdown` resolves (tests run the agent in-process this way).
+pub async fn run_until(
+    args: Args,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let cgroup = resolve_cgroup(&args.cgroup_path)?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let registry = Arc::new(registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn({
+        let (addr, registry, ready) = (args.admin_address, registry.clone(), ready.clone());
+        async move {
+            if let Err(source) = admin::serve(addr, registry, ready).await {
+                tracing::error!(error = %Error::Admin { addr, source }, "admin server stopped");
+            }
+        }
+    });
+
+    let mut interceptor = Interceptor::attach(&cgroup)?;
+    // The agent's own connects (to pods, to the operator) must never be steered.
+    if let Ok(own) = own_cgroup_id() {
+        interceptor.exclude_cgroup(own)?;
+    }
+    tracing::info!(cgroup = %cgroup.display(), proxy = %args.proxy_address, "eBPF programs attached");
+
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    let (es_store, es_events) = reflect::<ElastiService>(&client, args.namespaces());
+    let (svc_store, svc_events) = reflect::<Service>(&client, None);
+    let (eps_store, eps_events) = reflect::<EndpointSlice>(&client, None);
+    // Each watch runs on its own task and pokes the loop below on every change.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    for events in [es_events, svc_events, eps_events] {
+        let changed = changed.clone();
+        tokio::spawn(events.for_each(move |()| {
+            changed.notify_one();
+            futures::future::ready(())
+        }));
+    }
+
+    let active: Arc<Mutex<HashMap<ServiceId, watch::Receiver<Endpoints>>>> = Arc::default();
+    let is_ready: notify::IsReady = {
+        let active = active.clone();
+        Arc::new(move |id| {
+            active
+                .lock()
+                .map(|a| a.get(id).is_some_and(|rx| !rx.borrow().is_empty()))
+                .unwrap_or(false)
+        })
+    };
+    let notifier = Arc::new(notify::Notifier::spawn(
+        notify::Config {
+            operator_url: args.operator_url.clone(),
+            token_path: args.token_path.clone(),
+            give_up_after: args.limits().deadline,
+        },
+        is_ready,
+        metrics.clone(),
+    ));
+
+    let mut state = State {
+        held: HashMap::new(),
+        ids: IdAllocator::default(),
+        args: args.clone(),
+        metrics: metrics.clone(),
+        notifier,
+        receivers: active,
+        draining: Vec::new(),
+    };
+    let grace = Duration::from_millis(args.handback_grace_ms);
+    tokio::pin!(shutdown);
+    // Until every reflector has listed once, a missing object only means "not seen yet".
+    tokio::select! {
+        _ = async {
+            let _ = es_store.wait_until_ready().await;
+            let _ = svc_store.wait_until_ready().await;
+            let _ = eps_store.wait_until_ready().await;
+        } => {}
+        () = &mut shutdown => return Ok(()),
+    }
+    tracing::info!("watches synced");
+    let mut next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
+    ready.store(true, Ordering::Release);
+    loop {
+        let wake_at = next_check.map(tokio::time::Instant::from_std);
+        tokio::select! {
+            () = changed.notified() => {}
+            () = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            () = &mut shutdown => break,
+        }
+        next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
+    }
+    state
+        .shutdown(
+            &mut interceptor,
+            Duration::from_secs(args.drain_timeout_secs),
+        )
+        .await;
+    Ok(())
+}
+
+struct State {
+    held: HashMap<ServiceId, Active>,
+    ids: IdAllocator,
+    args: Args,
+    metrics: Arc<Metrics>,
+    notifier: Arc<notify::Notifier>,
+    receivers: Arc<Mutex<HashMap<ServiceId, watch::Receiver<Endpoints>>>>,
+    /// Connection counters of listeners already closed, for the final drain.
+    draining: Vec<Arc<AtomicUsize>>,
+}
+
+impl State {
+    /// Brings listeners, endpoint channels and map entries in line with the stores.
+    /// Returns when the next hand-back grace ends, if one is running.
+    fn sync(
+        &mut self,
+        interceptor: &mut Interceptor,
+        es: &Store<ElastiService>,
+        services: &Store<Service>,
+        slices: &Store<EndpointSlice>,
+        grace: Duration,
+    ) -> Option<Instant> {
+        let all_es = es.state();
+        let svc_state = services.state();
+        let lookup = |ns: &str, name: &str| {
+            svc_state
+                .iter()
+                .find(|s| {
+                    s.metadata.namespace.as_deref() == Some(ns)
+                        && s.metadata.name.as_deref() == Some(name)
+                })
+                .cloned()
+        };
+        let desired = plan::held_ports(all_es.iter().map(|e| e.as_ref()), lookup);
+
+        // Gone: map entries out first, then the listener closes (accepted ones finish).
+        let wanted: std::collections::HashSet<&ServiceId> = desired.iter().map(|h| &h.id).collect();
+        let gone: Vec<ServiceId> = self
+            .held
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(mut a) = self.held.remove(&id) {
+                release(interceptor, &mut a);
+                self.draining.push(a.listener.active());
+                self.ids.release(&id);
+                if let Ok(mut r) = self.receivers.lock() {
+                    r.remove(&id);
+                }
+                tracing::info!(service = %id, "no longer managed; released");
+            }
+        }
+
+        let now = Instant::now();
+        let all_slices = slices.state();
+        let mut next: Option<Instant> = None;
+        for port in desired {
+            let endpoints: Endpoints = readiness::ready_endpoints(
+                all_slices
+                    .iter()
+                    .filter(|s| readiness::belongs_to(s, &port.id.namespace, &port.id.name))
+                    .map(|s| s.as_ref()),
+                &port.port_name,
+            )
+            .into();
+            let is_ready = !endpoints.is_empty();
+            if !self.held.contains_key(&port.id) {
+                match self.start(port.clone(), is_ready, now) {
+                    Ok(a) => {
+                        self.held.insert(port.id.clone(), a);
+                    }
+                    Err(e) => {
+                        tracing::error!(service = %port.id, proxy_port = port.proxy_port, error = %e, "cannot listen; not holding");
+                        continue;
+                    }
+                }
+            }
+            let Some(a) = self.held.get_mut(&port.id) else {
+                continue;
+            };
+            if a.plan.cluster_addrs != port.cluster_addrs {
+                // The Service's IPs changed: re-key the map entries.
+                release(interceptor, a);
+                a.plan = port.clone();
+            }
+            a.endpoints.send_if_modified(|current| {
+                if current[..] == endpoints[..] {
+                    return false;
+                }
+                *current = endpoints.clone();
+                true
+            });
+            match (is_ready, a.ready_since) {
+                (true, None) => a.ready_since = Some(now),
+                (false, Some(_)) => a.ready_since = None,
+                _ => {}
+            }
+            let want = plan::intercept(a.ready_since, now, grace);
+            if want && !a.intercepting {
+                let proxy = SocketAddr::new(self.args.proxy_address, a.plan.proxy_port);
+                let ok = a.plan.cluster_addrs.iter().all(|addr| {
+                    interceptor
+                        .hold(*addr, proxy, a.counter_id)
+                        .map_err(|e| tracing::error!(service = %a.plan.id, %addr, error = %e, "map insert failed"))
+                        .is_ok()
+                });
+                a.intercepting = ok;
+                tracing::info!(service = %a.plan.id, %proxy, "holding: connects to the ClusterIP go to the agent");
+            } else if !want && a.intercepting {
+                release(interceptor, a);
+                tracing::info!(service = %a.plan.id, "handed back: connects take the normal path");
+            }
+            if let Some(since) = a.ready_since.filter(|_| a.intercepting) {
+                let end = since + grace;
+                next = Some(next.map_or(end, |n| n.min(end)));
+            }
+        }
+        next
+    }
+
+    /// Starts holding a port: listener first; the map entries follow in `sync`.
+    fn start(&mut self, port: HeldPort, ready: bool, now: Instant) -> std::io::Result<Active> {
+        let listener = bind_reuseport(SocketAddr::new(self.args.listen_address, port.proxy_port))?;
+        let counter_id = self
+            .ids
+            .get_or_allocate(&port.id)
+            .ok_or_else(|| std::io::Error::other("too many held ports for the eBPF counter map"))?;
+        let (tx, rx) = watch::channel(Endpoints::from(Vec::new()));
+        if let Ok(mut r) = self.receivers.lock() {
+            r.insert(port.id.clone(), rx.clone());
+        }
+        let service = Arc::new(HeldService::new(
+            port.id.clone(),
+            rx,
+            self.args.limits(),
+            self.notifier.clone(),
+            self.metrics.held_gauge(&port.id),
+        ));
+        let listener = ProxyListener::spawn(listener, service.clone(), self.metrics.clone())?;
+        tracing::info!(service = %port.id, proxy_port = port.proxy_port, ready, "listening for held service");
+        // A port already Ready when first seen (agent start, warm service) is not steered.
+        let ready_since = ready.then(|| now.checked_sub(Duration::from_secs(3600)).unwrap_or(now));
+        Ok(Active {
+            plan: port,
+            counter_id,
+            service,
+            endpoints: tx,
+            listener,
+            ready_since,
+            intercepting: false,
+        })
+    }
+
+    /// SIGTERM: empty the maps, stop accepting, let accepted connections finish.
+    async fn shutdown(mut self, interceptor: &mut Interceptor, drain: Duration) {
+        for a in self.held.values_mut() {
+            release(interceptor, a);
+        }
+        let mut counters = std::mem::take(&mut self.draining);
+        counters.extend(self.held.values().map(|a| a.listener.active()));
+        let held: usize = self.held.values().map(|a| a.service.held()).sum();
+        self.held.clear();
+        tracing::info!(
+            held,
+            "shutting down: maps emptied, listeners closed; draining"
+        );
+        let deadline = Instant::now() + drain;
+        while counters.iter().any(|c| c.load(Ordering::Acquire) > 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Takes the port's map entries out: new connects go where they were aimed.
+fn release(interceptor: &mut Interceptor, a: &mut Active) {
+    a.intercepting = false;
+    for addr in &a.plan.cluster_addrs {
+        if let Err(e) = interceptor.release(*addr) {
+            tracing::error!(service = %a.plan.id, %addr, error = %e, "map delete failed");
+        }
+    }
+}
+
+type Events = futures::stream::BoxStream<'static, ()>;
+
+/// A reflector for `K` (in `namespaces`, or all), and a stream that yields on each change.
+fn reflect<K>(client: &Client, namespaces: Option<Vec<String>>) -> (Store<K>, Events)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + for<'de> k8s_openapi::serde::Deserialize<'de>
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default();
+    let stream: Events = match namespaces {
+        None => reflector(writer, watcher(Api::<K>::all(client.clone()), config))
+            .default_backoff()
+            .map(|_| ())
+            .boxed(),
+        Some(ns) => {
+            // One watch per namespace feeding one store.
+            let writer = Arc::new(tokio::sync::Mutex::new(writer));
+            let streams = ns.into_iter().map(|n| {
+                let writer = writer.clone();
+                watcher(Api::<K>::namespaced(client.clone(), &n), config.clone())
+                    .default_backoff()
+                    .then(move |ev| {
+                        let writer = writer.clone();
+                        async move {
+                            if let Ok(ev) = &ev {
+                                writer.lock().await.apply_watcher_event(ev);
+                            }
+                        }
+                    })
+                    .boxed()
+            });
+            futures::stream::select_all(streams).boxed()
+        }
+    };
+    (reader, stream)
+}
+
+/// The cgroup to attach at: the flag's path, or with `auto` the host's cgroup v2 root.
+fn resolve_cgroup(flag: &str) -> Result<PathBuf, Error> {
+    if flag != "auto" {
+        let p = PathBuf::from(flag);
+        return if p.join("cgroup.procs").exists() {
+            Ok(p)
+        } else {
+            Err(Error::Cgroup(format!(
+                "{flag} is not a cgroup v2 directory"
+            )))
+        };
+    }
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.controllers").exists())
+        .ok_or_else(|| {
+            Error::Cgroup("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified".into())
+        })?;
+    match cgroup_id(root) {
+        // The root cgroup's id is 1; anything else means we see a namespaced view.
+        Ok(1) => Ok(root.to_path_buf()),
+        Ok(id) => Err(Error::Cgroup(format!(
+            "{} has cgroup id {id}, not 1: the agent needs the host's cgroup namespace (hostPID/cgroupns host)",
+            root.display()
+        ))),
+        Err(e) => Err(Error::Cgroup(format!("{}: {e}", root.display()))),
+    }
+}
+
+/// This process's cgroup v2 id, from `/proc/self/cgroup`'s `0::<path>` line.
+fn own_cgroup_id() -> std::io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/");
+    let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        "/sys/fs/cgroup/unified"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    cgroup_id(&Path::new(root).join(rel.trim_start_matches('/')))
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,198 @@
+//! The agent on the real cluster, driven by the real apiserver: a client pod's request to
+//! the ClusterIP of a Deployment at zero replicas is steered by the eBPF programs (attached
+//! at the pods' cgroup subtree) to the agent, held, and answered by the pod that starts
+//! when the Deployment is scaled up — the EndpointSlice watch releases it. The operator is
+//! not part of this suite: the test plays its part (proxy-port allocation in the status,
+//! and the scale-up) and checks that the agent asked for the wake.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use clap::Parser;
+use elasti_e2e::*;
+
+const CRD: &str = include_str!("../../deploy/crd/elastiservices.yaml");
+/// The pods' cgroup subtree (kubelet's cgroupRoot in the local cluster).
+const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
+const NODE_IP: &str = "10.250.0.2";
+const ADMIN: &str = "127.0.0.1:19090";
+
+fn metrics() -> String {
+    let Ok(mut s) = TcpStream::connect(ADMIN) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of the first metric line starting with `prefix` (labels included).
+fn metric(prefix: &str) -> Option<f64> {
+    metrics()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::Result<()> {
+    require_cluster();
+    assert!(
+        on_local_cluster(),
+        "this suite attaches at the local cluster's pods cgroup"
+    );
+    apply("default", CRD)?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/elastiservices.elasti.truefoundry.com",
+        "--timeout=30s",
+    ])?;
+    let ns = TempNamespace::create("hold")?;
+    let ns = ns.name.as_str();
+    apply(ns, &http_workload("web", 0))?;
+    kubectl(&[
+        "-n",
+        ns,
+        "wait",
+        "pod/client",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ])?;
+    apply(
+        ns,
+        "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {name: web}\nspec:\n  service: web\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n",
+    )?;
+    // The operator's part: a proxy port for the Service's port.
+    kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "elastiservice",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"mode":"proxy","proxyPorts":[{"name":"http","port":80,"protocol":"TCP","proxyPort":24080}]}}"#,
+    ])?;
+    let cluster_ip = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+
+    let token = std::env::temp_dir().join(format!("elasti-token-{}", std::process::id()));
+    std::fs::write(&token, "test-token")?;
+    let args = elasti_agent::config::Args::parse_from([
+        "elasti-agent",
+        "--cgroup-path",
+        PODS_CGROUP,
+        "--proxy-address",
+        NODE_IP,
+        "--admin-address",
+        ADMIN,
+        "--handback-grace-ms",
+        "1000",
+        "--hold-timeout-secs",
+        "120",
+        // No operator in this suite: the wake is attempted and counted as unreachable.
+        "--operator-url",
+        "http://127.0.0.1:1",
+        "--token-path",
+        token.to_str().unwrap_or_default(),
+    ]);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(elasti_agent::run::run_until(args, async {
+            let _ = stop_rx.await;
+        }))
+    });
+    wait_until("agent ready", Duration::from_secs(30), || {
+        metrics().contains("# EOF").then_some(())
+    })?;
+    // Wait for the agent to hold the port (listener up and map entry in).
+    wait_until(
+        "agent listening on the proxy port",
+        Duration::from_secs(30),
+        || TcpStream::connect(format!("{NODE_IP}:24080")).ok(),
+    )?;
+
+    // The cold request, from a pod, by ClusterIP and by DNS name.
+    let url_ip = format!("http://{cluster_ip}/");
+    let url_dns = format!("http://web.{ns}.svc.cluster.local/");
+    let ns_owned = ns.to_string();
+    let cold_ip = std::thread::spawn({
+        let ns = ns_owned.clone();
+        move || get_from_client_pod(&ns, &url_ip, 90)
+    });
+    let cold_dns = std::thread::spawn(move || get_from_client_pod(&ns_owned, &url_dns, 90));
+    wait_until("two requests held", Duration::from_secs(30), || {
+        metric(&format!(
+            "elasti_agent_held{{namespace=\"{ns}\",service=\"web\",port=\"80\"}}"
+        ))
+        .filter(|v| *v >= 2.0)
+    })?;
+    kubectl(&["-n", ns, "scale", "deploy/web", "--replicas=1"])?;
+    let answer = cold_ip.join().expect("thread")?;
+    let pods = ready_pods(ns, "web")?;
+    assert_eq!(pods.len(), 1);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "held request answered: {answer}"
+    );
+    assert!(
+        answer.contains(&format!("pod={}", pods[0])),
+        "by the new pod: {answer}"
+    );
+    let by_dns = cold_dns.join().expect("thread")?;
+    assert!(
+        by_dns.contains(&format!("pod={}", pods[0])),
+        "held by DNS name too: {by_dns}"
+    );
+    let forwarded = metric(&format!(
+        "elasti_agent_outcomes_total{{namespace=\"{ns}\",service=\"web\",port=\"80\",protocol=\"Http1\",outcome=\"ForwardedAfterHold\"}}"
+    ));
+    assert_eq!(forwarded, Some(2.0), "both counted as held then forwarded");
+    let wakes = metric(&format!(
+        "elasti_agent_wake_requests_total{{namespace=\"{ns}\",service=\"web\",result=\"Unreachable\"}}"
+    ));
+    assert!(
+        wakes.is_some_and(|w| w >= 1.0),
+        "the agent asked for the wake"
+    );
+
+    // After the hand-back grace, connects take the normal path: answered, not counted.
+    std::thread::sleep(Duration::from_millis(2500));
+    let warm = wait_until(
+        "warm request via kube-proxy",
+        Duration::from_secs(30),
+        || get_from_client_pod(ns, &format!("http://{cluster_ip}/"), 5).ok(),
+    )?;
+    assert!(warm.contains(&format!("pod={}", pods[0])));
+    let after = metric(&format!(
+        "elasti_agent_outcomes_total{{namespace=\"{ns}\",service=\"web\",port=\"80\",protocol=\"Http1\",outcome=\"Forwarded\"}}"
+    ));
+    assert_eq!(
+        after.unwrap_or(0.0),
+        0.0,
+        "the warm request did not go through the agent"
+    );
+
+    let _ = stop_tx.send(());
+    agent.join().expect("agent thread")?;
+    let _ = std::fs::remove_file(token);
+    Ok(())
+}
