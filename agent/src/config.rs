@@ -19,10 +19,17 @@ pub struct Args {
     #[arg(long, env = "ELASTI_CGROUP_PATH", default_value = "auto")]
     pub cgroup_path: String,
 
-    /// The address held connects are steered to: this node's IP (set it from the downward
-    /// API's status.hostIP). Never 127.0.0.1: inside a pod's netns that is the pod itself.
-    #[arg(long, env = "ELASTI_PROXY_ADDRESS")]
+    /// The address held connects are steered to. By default a link-local address the agent
+    /// puts on its own link (`--proxy-interface`); the node IP also works (then set
+    /// `--proxy-interface ""`). Never 127.0.0.1: inside a pod's netns that is the pod.
+    #[arg(long, env = "ELASTI_PROXY_ADDRESS", default_value = "169.254.20.11")]
     pub proxy_address: IpAddr,
+
+    /// The link the agent creates (dummy, or a port-less bridge where the kernel has no
+    /// dummy driver) to carry `--proxy-address`, and removes on exit. Empty: use an
+    /// address the node already has.
+    #[arg(long, env = "ELASTI_PROXY_INTERFACE", default_value = "elasti0")]
+    pub proxy_interface: String,
 
     /// Address the proxy listeners bind (one per allocated proxy port).
     #[arg(long, env = "ELASTI_LISTEN_ADDRESS", default_value = "0.0.0.0")]

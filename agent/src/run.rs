@@ -31,7 +31,7 @@ use crate::{
     admin,
     config::Args,
     hold::{Endpoints, HeldService, ServiceId},
-    intercept::{Interceptor, ids::IdAllocator, programs::cgroup_id},
+    intercept::{Interceptor, ids::IdAllocator, programs::cgroup_id, proxy_addr::ProxyInterface},
     listen::{ProxyListener, bind_reuseport},
     metrics::Metrics,
     plan::{self, HeldPort},
@@ -46,6 +46,9 @@ pub enum Error {
     /// Loading or attaching the eBPF programs failed.
     #[error("intercepting connects failed")]
     Intercept(#[from] crate::intercept::Error),
+    /// The proxy address's link could not be made or removed.
+    #[error("proxy address")]
+    ProxyAddress(#[from] crate::intercept::proxy_addr::Error),
     /// No Kubernetes client could be built (no in-cluster env, no kubeconfig).
     #[error("building the Kubernetes client failed")]
     Client(#[source] kube::Error),
@@ -95,6 +98,14 @@ pub async fn run_until(
         }
     });
 
+    // The proxy address exists before any connect is steered to it.
+    let proxy_interface = if args.proxy_interface.is_empty() {
+        None
+    } else {
+        let link = ProxyInterface::ensure(&args.proxy_interface, args.proxy_address).await?;
+        tracing::info!(link = link.name(), kind = ?link.kind, addr = %link.addr, "proxy address ready");
+        Some(link)
+    };
     let mut interceptor = Interceptor::attach(&cgroup)?;
     // The agent's own connects (to pods, to the operator) must never be steered.
     if let Ok(own) = own_cgroup_id() {
@@ -148,18 +159,21 @@ pub async fn run_until(
     let grace = Duration::from_millis(args.handback_grace_ms);
     tokio::pin!(shutdown);
     // Until every reflector has listed once, a missing object only means "not seen yet".
-    tokio::select! {
+    let synced = tokio::select! {
         _ = async {
             let _ = es_store.wait_until_ready().await;
             let _ = svc_store.wait_until_ready().await;
             let _ = eps_store.wait_until_ready().await;
-        } => {}
-        () = &mut shutdown => return Ok(()),
+        } => true,
+        () = &mut shutdown => false,
+    };
+    let mut next_check = None;
+    if synced {
+        tracing::info!("watches synced");
+        next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
+        ready.store(true, Ordering::Release);
     }
-    tracing::info!("watches synced");
-    let mut next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
-    ready.store(true, Ordering::Release);
-    loop {
+    while synced {
         let wake_at = next_check.map(tokio::time::Instant::from_std);
         tokio::select! {
             () = changed.notified() => {}
@@ -179,6 +193,10 @@ pub async fn run_until(
             Duration::from_secs(args.drain_timeout_secs),
         )
         .await;
+    drop(interceptor);
+    if let Some(link) = proxy_interface {
+        link.remove().await?;
+    }
     Ok(())
 }
 

@@ -16,7 +16,8 @@ use elasti_e2e::*;
 const CRD: &str = include_str!("../../deploy/crd/elastiservices.yaml");
 /// The pods' cgroup subtree (kubelet's cgroupRoot in the local cluster).
 const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
-const NODE_IP: &str = "10.250.0.2";
+/// The agent's default proxy address.
+const PROXY_IP: &str = "169.254.20.11";
 const ADMIN: &str = "127.0.0.1:19090";
 
 fn metrics() -> String {
@@ -99,8 +100,9 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         "elasti-agent",
         "--cgroup-path",
         PODS_CGROUP,
-        "--proxy-address",
-        NODE_IP,
+        // The default proxy address: link-local, on a link the agent makes (and removes).
+        "--proxy-interface",
+        "elasti0",
         "--admin-address",
         ADMIN,
         "--handback-grace-ms",
@@ -127,7 +129,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
     wait_until(
         "agent listening on the proxy port",
         Duration::from_secs(30),
-        || TcpStream::connect(format!("{NODE_IP}:24080")).ok(),
+        || TcpStream::connect(format!("{PROXY_IP}:24080")).ok(),
     )?;
 
     // The cold request, from a pod, by ClusterIP and by DNS name.
@@ -193,6 +195,13 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
 
     let _ = stop_tx.send(());
     agent.join().expect("agent thread")?;
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()?;
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("elasti0"),
+        "the agent removed its link on shutdown"
+    );
     let _ = std::fs::remove_file(token);
     Ok(())
 }
