@@ -167,25 +167,24 @@ pub async fn run_until(
         } => true,
         () = &mut shutdown => false,
     };
-    let mut next_check = None;
     if synced {
         tracing::info!("watches synced");
-        next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
+        let mut next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
         ready.store(true, Ordering::Release);
-    }
-    while synced {
-        let wake_at = next_check.map(tokio::time::Instant::from_std);
-        tokio::select! {
-            () = changed.notified() => {}
-            () = async {
-                match wake_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-            () = &mut shutdown => break,
+        loop {
+            let wake_at = next_check.map(tokio::time::Instant::from_std);
+            tokio::select! {
+                () = changed.notified() => {}
+                () = async {
+                    match wake_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                () = &mut shutdown => break,
+            }
+            next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
         }
-        next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
     }
     state
         .shutdown(
