@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cluster;
 mod cmd;
 mod demo;
@@ -34,6 +35,8 @@ enum Task {
     Images(images::Args),
     /// Run the local single-node Kubernetes cluster in its own network namespace.
     Cluster(cluster::Args),
+    /// Benchmarks, each against a baseline from the same run (root: real eBPF programs).
+    Bench(bench::Args),
     /// The README's test command: unit, root and cluster suites, with the cluster brought up
     /// and torn down around them.
     Test(test::Args),
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Task::Images(args) => images::run(&args),
         Task::Cluster(args) => cluster::run(&args),
         Task::Test(args) => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,172 @@
+//! `elasti-bench`, run by `cargo xtask bench` as root: every figure next to a baseline
+//! measured in the same run, because these machines are noisy. Writes
+//! `target/bench/results.json` and `results.md` and prints the table.
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+mod connect_cost;
+mod hold;
+mod stats;
+
+#[derive(Parser)]
+#[command(about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Where results.json and results.md go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// connect() calls per round of the connect-cost bench.
+    #[arg(long, default_value_t = 20_000)]
+    connects: usize,
+    /// Rounds of the connect-cost bench (baseline, miss, hit alternate each round).
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// Connections (and, separately, HTTP requests) held at once in the capacity bench.
+    #[arg(long, default_value_t = 10_000)]
+    held: usize,
+    /// Cold periods in the hand-off bench.
+    #[arg(long, default_value_t = 50)]
+    wakes: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// (internal) The connect loop run inside the bench cgroup.
+    ConnectLoop { target: SocketAddr, loops: usize },
+    /// (internal) The clients of the capacity bench.
+    HoldClients {
+        addr: SocketAddr,
+        n: usize,
+        protocol: String,
+    },
+}
+
+#[derive(Serialize)]
+struct Results {
+    date: String,
+    cores: usize,
+    connect: connect_cost::ConnectCost,
+    handoff: hold::Handoff,
+    capacity: Vec<hold::Capacity>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    match args.cmd {
+        Some(Cmd::ConnectLoop { target, loops }) => {
+            raise_nofile();
+            connect_cost::connect_loop(target, loops)
+        }
+        Some(Cmd::HoldClients { addr, n, protocol }) => {
+            raise_nofile();
+            tokio::runtime::Runtime::new()?.block_on(hold::hold_clients(
+                addr,
+                n,
+                protocol == "http",
+            ))
+        }
+        None => {
+            raise_nofile();
+            let connect = connect_cost::run(args.connects, args.rounds)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let handoff = rt.block_on(hold::handoff(args.wakes))?;
+            let capacity = vec![
+                rt.block_on(hold::capacity(args.held, false))?,
+                rt.block_on(hold::capacity(args.held, true))?,
+            ];
+            let results = Results {
+                date: date(),
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                connect,
+                handoff,
+                capacity,
+            };
+            std::fs::create_dir_all(&args.out)?;
+            std::fs::write(
+                args.out.join("results.json"),
+                serde_json::to_vec_pretty(&results)?,
+            )?;
+            let md = markdown(&results);
+            std::fs::write(args.out.join("results.md"), &md)?;
+            println!("{md}");
+            Ok(())
+        }
+    }
+}
+
+fn markdown(r: &Results) -> String {
+    let c = &r.connect;
+    let h = &r.handoff;
+    let mut s = format!(
+        "## elasti bench — {} — {} cores\n\n| figure | baseline (same run) | elasti | difference | ratio |\n| --- | --- | --- | --- | --- |\n",
+        r.date, r.cores
+    );
+    s += &format!(
+        "| connect()+close, program attached, map miss (median of {} rounds × {}) | {:.0} ns | {:.0} ns | {:+.0} ns | {:.3} |\n",
+        c.rounds,
+        c.connects_per_round,
+        c.baseline_ns.p50,
+        c.miss_ns.p50,
+        c.miss_ns.p50 - c.baseline_ns.p50,
+        c.miss_ns.p50 / c.baseline_ns.p50
+    );
+    s += &format!(
+        "| connect()+close, map hit (steered) | {:.0} ns | {:.0} ns | {:+.0} ns | {:.3} |\n",
+        c.baseline_ns.p50,
+        c.hit_ns.p50,
+        c.hit_ns.p50 - c.baseline_ns.p50,
+        c.hit_ns.p50 / c.baseline_ns.p50
+    );
+    s += &format!(
+        "| endpoint Ready → held connection reaches the pod, p50 / p99 ({} wakes) | direct connect→accept {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:+.0} / {:+.0} µs | |\n",
+        h.held_us.n,
+        h.direct_us.p50,
+        h.direct_us.p99,
+        h.held_us.p50,
+        h.held_us.p99,
+        h.held_us.p50 - h.direct_us.p50,
+        h.held_us.p99 - h.direct_us.p99
+    );
+    for cap in &r.capacity {
+        s += &format!(
+            "| {} {} held at once: agent memory per held / time to answer all after Ready | | {:.0} B / {:.0} ms | | |\n",
+            cap.held, cap.protocol, cap.bytes_per_held, cap.drain_ms
+        );
+    }
+    s += &format!(
+        "\nconnect() samples (ns, min/median/max): baseline {:.0}/{:.0}/{:.0}, miss {:.0}/{:.0}/{:.0}, hit {:.0}/{:.0}/{:.0}. Hand-off samples (µs, min/median/max): {:.0}/{:.0}/{:.0}.\n",
+        c.baseline_ns.min,
+        c.baseline_ns.p50,
+        c.baseline_ns.max,
+        c.miss_ns.min,
+        c.miss_ns.p50,
+        c.miss_ns.max,
+        c.hit_ns.min,
+        c.hit_ns.p50,
+        c.hit_ns.max,
+        h.held_us.min,
+        h.held_us.p50,
+        h.held_us.max
+    );
+    s
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Tens of thousands of sockets need more than the default 1024 descriptors.
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
