@@ -93,6 +93,19 @@ async fn echo_backend() -> Result<(SocketAddr, mpsc::UnboundedReceiver<Instant>)
     Ok((addr, rx))
 }
 
+fn bind_deep(addr: SocketAddr) -> Result<TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(65_535)?;
+    s.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(s.into())?)
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -115,17 +128,22 @@ pub struct Capacity {
 }
 
 /// Holds `n` connections (`http`: one GET each; else one line each), then releases them.
+/// Clients and the backend run in child processes: this process holds only the agent's
+/// two sockets per connection, as the agent would.
 pub async fn capacity(n: usize, http: bool) -> Result<Capacity> {
     let p = proxy(n)?;
-    let (backend, _accepts) = if http {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
-        let a = l.local_addr()?;
-        tokio::spawn(elasti_workloads::http::serve(l, "bench".into()));
-        let (_tx, rx) = mpsc::unbounded_channel();
-        (a, rx)
-    } else {
-        echo_backend().await?
-    };
+    let protocol = if http { "http" } else { "tcp" };
+    let mut backend_child = Command::new(std::env::current_exe()?)
+        .args(["backend", protocol])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut backend_out =
+        BufReader::new(backend_child.stdout.take().context("backend stdout")?).lines();
+    let backend: SocketAddr = backend_out
+        .next()
+        .and_then(|l| l.ok())
+        .and_then(|l| l.strip_prefix("addr=").and_then(|a| a.parse().ok()))
+        .context("backend address")?;
     let before = rss_kib();
     let mut child = Command::new(std::env::current_exe()?)
         .args([
@@ -155,6 +173,8 @@ pub async fn capacity(n: usize, http: bool) -> Result<Capacity> {
     .await?;
     let drain_ms = released.elapsed().as_secs_f64() * 1e3;
     let _ = child.wait();
+    let _ = backend_child.kill();
+    let _ = backend_child.wait();
     if done.is_none() {
         bail!("hold-clients did not report all answers");
     }
@@ -202,6 +222,21 @@ pub async fn handoff(wakes: usize) -> Result<Handoff> {
         held_us: summarize(&held),
         direct_us: summarize(&direct),
     })
+}
+
+/// The backend child of [`capacity`]: serves the HTTP workload or a line echo on a free
+/// loopback port, printing `addr=…` first.
+pub async fn backend(http: bool) -> Result<()> {
+    // The agent opens every released connection at once; a default 1024 backlog would
+    // drop handshakes and charge the agent for the 1 s SYN retransmit.
+    let l = bind_deep("127.0.0.1:0".parse()?)?;
+    println!("addr={}", l.local_addr()?);
+    if http {
+        elasti_workloads::http::serve(l, "bench".into()).await?;
+    } else {
+        elasti_workloads::tcp_echo::serve(l, "bench".into()).await?;
+    }
+    Ok(())
 }
 
 /// The child side of [`capacity`]: opens `n` connections, sends one request on each,

@@ -26,7 +26,9 @@ struct Args {
     #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Connections (and, separately, HTTP requests) held at once in the capacity bench.
-    #[arg(long, default_value_t = 10_000)]
+    /// The agent side needs two descriptors per held connection once released, and this
+    /// machine caps a process at 20,000 (its root lacks CAP_SYS_RESOURCE to raise that).
+    #[arg(long, default_value_t = 9_000)]
     held: usize,
     /// Cold periods in the hand-off bench.
     #[arg(long, default_value_t = 50)]
@@ -43,6 +45,8 @@ enum Cmd {
         n: usize,
         protocol: String,
     },
+    /// (internal) The backend of the capacity bench.
+    Backend { protocol: String },
 }
 
 #[derive(Serialize)]
@@ -60,6 +64,10 @@ fn main() -> Result<()> {
         Some(Cmd::ConnectLoop { target, loops }) => {
             raise_nofile();
             connect_cost::connect_loop(target, loops)
+        }
+        Some(Cmd::Backend { protocol }) => {
+            raise_nofile();
+            tokio::runtime::Runtime::new()?.block_on(hold::backend(protocol == "http"))
         }
         Some(Cmd::HoldClients { addr, n, protocol }) => {
             raise_nofile();
