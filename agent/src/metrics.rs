@@ -84,6 +84,18 @@ pub struct OutcomeLabels {
     pub outcome: Outcome,
 }
 
+impl OutcomeLabels {
+    fn new(id: &ServiceId, protocol: Protocol, outcome: Outcome) -> Self {
+        Self {
+            namespace: id.namespace.clone(),
+            service: id.name.clone(),
+            port: id.port,
+            protocol,
+            outcome,
+        }
+    }
+}
+
 /// Upper bounds (seconds) for the hold-time histogram: sub-millisecond hand-offs up to
 /// multi-minute cold starts.
 const HOLD_BUCKETS: [f64; 14] = [
@@ -141,15 +153,8 @@ impl Metrics {
     }
 
     pub fn outcome(&self, id: &ServiceId, protocol: Protocol, outcome: Outcome) {
-        let l = ServiceLabels::from(id);
         self.outcomes
-            .get_or_create(&OutcomeLabels {
-                namespace: l.namespace,
-                service: l.service,
-                port: l.port,
-                protocol,
-                outcome,
-            })
+            .get_or_create(&OutcomeLabels::new(id, protocol, outcome))
             .inc();
     }
 
@@ -166,15 +171,8 @@ impl Metrics {
 
     /// The count for one outcome (tests and the bench read it).
     pub fn count(&self, id: &ServiceId, protocol: Protocol, outcome: Outcome) -> u64 {
-        let l = ServiceLabels::from(id);
         self.outcomes
-            .get_or_create(&OutcomeLabels {
-                namespace: l.namespace,
-                service: l.service,
-                port: l.port,
-                protocol,
-                outcome,
-            })
+            .get_or_create(&OutcomeLabels::new(id, protocol, outcome))
             .get()
     }
 }

@@ -69,6 +69,35 @@ pub fn apply(namespace: &str, manifest: &str) -> Result<()> {
     Ok(())
 }
 
+/// The generated ElastiService CRD, as `deploy/crd/` has it.
+pub const CRD: &str = include_str!("../../deploy/crd/elastiservices.yaml");
+
+/// Applies the ElastiService CRD and waits until the apiserver serves it.
+pub fn install_crd() -> Result<()> {
+    apply("default", CRD)?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/elastiservices.elasti.truefoundry.com",
+        "--timeout=30s",
+    ])?;
+    Ok(())
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `netns` (sockets it
+/// opens stay in that namespace), and returns its result.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let netns = netns.to_string();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).unwrap_or_else(|e| panic!("open {netns}: {e}"));
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {netns}: {e}"));
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// Polls `check` until it returns `Some`, or fails with `what` after `timeout`.
 pub fn wait_until<T>(
     what: &str,

@@ -13,7 +13,6 @@ use std::{
 use clap::Parser;
 use elasti_e2e::*;
 
-const CRD: &str = include_str!("../../deploy/crd/elastiservices.yaml");
 /// The pods' cgroup subtree (kubelet's cgroupRoot in the local cluster).
 const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
 /// The agent's default proxy address.
@@ -50,13 +49,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         on_local_cluster(),
         "this suite attaches at the local cluster's pods cgroup"
     );
-    apply("default", CRD)?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/elastiservices.elasti.truefoundry.com",
-        "--timeout=30s",
-    ])?;
+    install_crd()?;
     let ns = TempNamespace::create("hold")?;
     let ns = ns.name.as_str();
     apply(ns, &http_workload("web", 0))?;

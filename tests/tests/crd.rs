@@ -4,8 +4,6 @@ use std::process::{Command, Stdio};
 
 use elasti_e2e::*;
 
-const CRD: &str = include_str!("../../deploy/crd/elastiservices.yaml");
-
 fn manifest(spec: &str) -> String {
     format!(
         "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata:\n  name: sample\nspec:\n{spec}"
@@ -54,13 +52,7 @@ fn server_dry_run(ns: &str, manifest: &str) -> Result<(), String> {
 #[ignore = "needs the local cluster: run with `cargo xtask test`"]
 fn kubeelasti_sample_applies_and_bad_input_is_refused() -> anyhow::Result<()> {
     require_cluster();
-    apply("default", CRD)?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/elastiservices.elasti.truefoundry.com",
-        "--timeout=30s",
-    ])?;
+    install_crd()?;
     let ns = TempNamespace::create("crd")?;
     let ns = ns.name.as_str();
 

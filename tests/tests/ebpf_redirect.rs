@@ -61,14 +61,9 @@ impl TestBed {
         run(Command::new("ip").args(["netns", "add", &name]));
         run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
         // The agent's listener, inside the namespace: it answers `pong from agent`.
-        let netns = format!("/run/netns/{name}");
-        let listener = std::thread::spawn(move || {
-            let ns = fs::File::open(&netns).expect("open netns");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let listener = elasti_e2e::in_netns(&format!("/run/netns/{name}"), || {
             TcpListener::bind("127.0.0.1:0").expect("bind in netns")
-        })
-        .join()
-        .expect("listener thread");
+        });
         let addr = listener.local_addr().expect("listener addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();

@@ -3,6 +3,14 @@
 use std::process::Command;
 
 use elasti_agent::intercept::proxy_addr::{LinkKind, ProxyInterface};
+use elasti_e2e::in_netns;
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
 
 fn ip_addr_show(ns: &str) -> String {
     let out = Command::new("ip")
@@ -33,15 +41,9 @@ fn the_proxy_link_carries_the_link_local_address_and_is_removed() {
             .success()
     );
     let path = format!("/run/netns/{ns}");
-    let result = std::thread::spawn(move || {
-        // Netlink sockets belong to the netns of the thread that opens them.
-        let f = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+    // Netlink sockets belong to the netns of the thread that opens them.
+    let (link, kind) = in_netns(&path, || {
+        current_thread().block_on(async {
             let addr = "169.254.20.11".parse().expect("addr");
             let link = ProxyInterface::ensure("elasti0", addr)
                 .await
@@ -53,9 +55,7 @@ fn the_proxy_link_carries_the_link_local_address_and_is_removed() {
             assert_eq!(again.kind, LinkKind::Existing);
             (link, kind)
         })
-    })
-    .join();
-    let (link, kind) = result.expect("thread");
+    });
     assert!(matches!(kind, LinkKind::Dummy | LinkKind::Bridge));
     let shown = ip_addr_show(&ns);
     assert!(
@@ -63,18 +63,9 @@ fn the_proxy_link_carries_the_link_local_address_and_is_removed() {
         "address on the link: {shown}"
     );
 
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(link.remove()).expect("remove");
-    })
-    .join()
-    .expect("thread");
+    in_netns(&path, || {
+        current_thread().block_on(link.remove()).expect("remove")
+    });
     assert!(!ip_addr_show(&ns).contains("elasti0"), "link removed");
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
 }
