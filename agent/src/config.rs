@@ -8,6 +8,11 @@ use crate::hold::admission::Limits;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
+    after_help = "Every flag can also come from a YAML file (--config): its keys are the flag names \
+without dashes' prefix, e.g. `max-held: 5000`. Precedence: flags, then the file, then ELASTI_* variables, \
+then the defaults."
+)]
+#[command(
     name = "elasti-agent",
     about = "elasti node agent: holds connections to scaled-to-zero Services and wakes them",
     version
@@ -81,12 +86,94 @@ pub struct Args {
     )]
     pub watch_namespaces: Vec<String>,
 
+    /// A YAML file of flag values (`flag-name: value`); flags given on the command line win.
+    #[arg(long, env = "ELASTI_CONFIG", default_value = "")]
+    pub config: String,
+
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ELASTI_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file could not be read.
+    #[error("reading config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not a YAML map of flag names to scalars or lists.
+    #[error("config file {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    /// The flags (from the file or the command line) are invalid.
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+}
+
+/// Turns a YAML map of flag values into `--flag=value` arguments (lists comma-joined;
+/// `true` switches a boolean flag on, `false` leaves it off).
+pub fn file_args(yaml: &str) -> Result<Vec<String>, String> {
+    let map: std::collections::BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+    map.into_iter()
+        .filter(|(_, value)| value.as_bool() != Some(false))
+        .map(|(key, value)| {
+            let value = match value {
+                serde_yaml::Value::String(s) => s,
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(_) => return Ok(format!("--{key}")),
+                serde_yaml::Value::Sequence(items) => items
+                    .iter()
+                    .map(|i| {
+                        i.as_str()
+                            .map(String::from)
+                            .ok_or_else(|| format!("{key}: list items must be strings"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(","),
+                _ => return Err(format!("{key}: expected a string, number, boolean or list")),
+            };
+            Ok(format!("--{key}={value}"))
+        })
+        .collect()
+}
+
 impl Args {
+    /// Parses the command line, with the values of `--config`'s file (if any) placed
+    /// before it so the command line wins.
+    ///
+    /// # Errors
+    /// When the file can't be read or parsed, or a flag is invalid; [`Error::Flags`]
+    /// carries clap's own message (and `--help`/`--version` output).
+    pub fn load(argv: Vec<String>) -> Result<Self, Error> {
+        let first = Self::try_parse_from(&argv)?;
+        if first.config.is_empty() {
+            return Ok(first);
+        }
+        let path = first.config.clone();
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let from_file = file_args(&text).map_err(|reason| Error::Invalid {
+            path: path.clone(),
+            reason,
+        })?;
+        // The command line wins: drop the file's value of any flag it gives itself.
+        let given = |flag: &str| {
+            let name = flag.split('=').next().unwrap_or(flag);
+            argv.iter()
+                .skip(1)
+                .any(|a| a == name || a.starts_with(&format!("{name}=")))
+        };
+        let mut merged = vec![argv.first().cloned().unwrap_or_default()];
+        merged.extend(from_file.into_iter().filter(|f| !given(f)));
+        merged.extend(argv.into_iter().skip(1));
+        Ok(Self::try_parse_from(merged)?)
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_held: self.max_held,
@@ -103,5 +190,45 @@ impl Args {
             .cloned()
             .collect();
         (!ns.is_empty()).then_some(ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_become_flags_and_the_command_line_wins() {
+        let dir = std::env::temp_dir().join(format!("elasti-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("agent.yaml");
+        std::fs::write(
+            &file,
+            "max-held: 5000\nhold-timeout-secs: 60\nwatch-namespaces: [a, b]\nlog-json: true\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let argv = [
+            "elasti-agent",
+            "--config",
+            file.to_str().unwrap_or_default(),
+            "--max-held",
+            "7",
+        ];
+        let args = Args::load(argv.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.max_held, 7, "the command line wins");
+        assert_eq!(args.hold_timeout_secs, 60, "the file fills in");
+        assert_eq!(
+            args.namespaces(),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert!(args.log_json);
+        std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_bad_file_is_a_clear_error() {
+        assert!(file_args("max-held: {nested: 1}").is_err());
+        assert!(file_args("- not a map").is_err());
     }
 }

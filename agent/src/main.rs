@@ -1,10 +1,14 @@
 //! `elasti-agent`: args, tracing, run.
-use clap::Parser;
 use elasti_agent::config::Args;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = match Args::load(std::env::args().collect()) {
+        Ok(args) => args,
+        // clap's own errors (and --help/--version) print and exit as clap does.
+        Err(elasti_agent::config::Error::Flags(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if args.log_json {

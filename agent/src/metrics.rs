@@ -107,6 +107,8 @@ pub struct Metrics {
     held: Family<ServiceLabels, Gauge>,
     hold_seconds: Family<ServiceLabels, Histogram>,
     wakes: Family<WakeLabels, Counter>,
+    steered: Family<ServiceLabels, Counter>,
+    peernames: Family<ServiceLabels, Counter>,
 }
 
 impl Metrics {
@@ -117,6 +119,8 @@ impl Metrics {
             held: Family::default(),
             hold_seconds: Family::new_with_constructor(|| Histogram::new(HOLD_BUCKETS)),
             wakes: Family::default(),
+            steered: Family::default(),
+            peernames: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("elasti_agent");
         r.register(
@@ -156,6 +160,13 @@ impl Metrics {
         self.outcomes
             .get_or_create(&OutcomeLabels::new(id, protocol, outcome))
             .inc();
+    }
+
+    /// Adds what the eBPF counters grew by since the last export.
+    pub fn rewrites(&self, id: &ServiceId, connects: u64, peernames: u64) {
+        let l = ServiceLabels::from(id);
+        self.steered.get_or_create(&l).inc_by(connects);
+        self.peernames.get_or_create(&l).inc_by(peernames);
     }
 
     /// The gauge a [`crate::hold::HeldService`] keeps its queue length in.

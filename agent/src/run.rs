@@ -18,6 +18,7 @@ use std::{
 };
 
 use elasti_api::ElastiService;
+use elasti_common::RewriteCounters;
 use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
@@ -61,6 +62,10 @@ pub enum Error {
     },
 }
 
+/// How often the eBPF rewrite counters are copied into /metrics: well under a typical
+/// 30 s scrape interval, and a map read per held port costs microseconds.
+const REWRITE_EXPORT_PERIOD: Duration = Duration::from_secs(10);
+
 /// One port being held, with everything that lives as long as it does.
 struct Active {
     plan: HeldPort,
@@ -71,6 +76,8 @@ struct Active {
     /// When the port last got a Ready endpoint; `None` while it has none.
     ready_since: Option<Instant>,
     intercepting: bool,
+    /// The eBPF counters as last exported to /metrics.
+    exported: RewriteCounters,
 }
 
 /// Runs the agent until SIGTERM/SIGINT, then empties the maps, stops accepting, and
@@ -107,6 +114,9 @@ pub async fn run_until(
         Some(link)
     };
     let mut interceptor = Interceptor::attach(&cgroup)?;
+    if let Some(logger) = interceptor.take_logger() {
+        tokio::spawn(crate::intercept::programs::drain_logs(logger));
+    }
     // The agent's own connects (to pods, to the operator) must never be steered.
     if let Ok(own) = own_cgroup_id() {
         interceptor.exclude_cgroup(own)?;
@@ -171,10 +181,15 @@ pub async fn run_until(
         tracing::info!("watches synced");
         let mut next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
         ready.store(true, Ordering::Release);
+        let mut export = tokio::time::interval(REWRITE_EXPORT_PERIOD);
         loop {
             let wake_at = next_check.map(tokio::time::Instant::from_std);
             tokio::select! {
                 () = changed.notified() => {}
+                _ = export.tick() => {
+                    state.export_rewrites(&interceptor);
+                    continue;
+                }
                 () = async {
                     match wake_at {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -270,6 +285,10 @@ impl State {
             if !self.held.contains_key(&port.id) {
                 match self.start(port.clone(), is_ready, now) {
                     Ok(a) => {
+                        // The counter slot may have served an earlier port.
+                        if let Err(e) = interceptor.reset_rewrites(a.counter_id) {
+                            tracing::warn!(service = %port.id, error = %e, "resetting rewrite counters failed");
+                        }
                         self.held.insert(port.id.clone(), a);
                     }
                     Err(e) => {
@@ -321,6 +340,21 @@ impl State {
         next
     }
 
+    /// Adds what each held port's eBPF rewrite counters grew by to /metrics.
+    fn export_rewrites(&mut self, interceptor: &Interceptor) {
+        for a in self.held.values_mut() {
+            let Ok(now) = interceptor.rewrites(a.counter_id) else {
+                continue;
+            };
+            self.metrics.rewrites(
+                &a.plan.id,
+                now.connects.saturating_sub(a.exported.connects),
+                now.peernames.saturating_sub(a.exported.peernames),
+            );
+            a.exported = now;
+        }
+    }
+
     /// Starts holding a port: listener first; the map entries follow in `sync`.
     fn start(&mut self, port: HeldPort, ready: bool, now: Instant) -> std::io::Result<Active> {
         let listener = bind_reuseport(SocketAddr::new(self.args.listen_address, port.proxy_port))?;
@@ -351,6 +385,7 @@ impl State {
             listener,
             ready_since,
             intercepting: false,
+            exported: RewriteCounters::default(),
         })
     }
 

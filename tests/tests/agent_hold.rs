@@ -168,6 +168,13 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         wakes.is_some_and(|w| w >= 1.0),
         "the agent asked for the wake"
     );
+    // The eBPF rewrite counters reach /metrics (exported every 10 s).
+    let steered = format!(
+        "elasti_agent_ebpf_connects_steered_total{{namespace=\"{ns}\",service=\"web\",port=\"80\"}}"
+    );
+    wait_until("steered connects exported", Duration::from_secs(20), || {
+        metric(&steered).filter(|v| *v >= 2.0)
+    })?;
 
     // After the hand-back grace, connects take the normal path: answered, not counted.
     std::thread::sleep(Duration::from_millis(2500));

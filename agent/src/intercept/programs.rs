@@ -83,6 +83,9 @@ pub fn embedded_object() -> Option<&'static [u8]> {
 pub struct Interceptor {
     // Keeps the programs and their links alive.
     _ebpf: Ebpf,
+    /// The programs' aya-log ring buffer, until [`Interceptor::take_logger`] hands it to a
+    /// drain task. It must outlive program loading: dropping it closes the map.
+    logger: Option<EbpfLogger>,
     services: HashMap<MapData, ServiceKey, ProxyTarget>,
     config: Array<MapData, Config>,
     rewrites: PerCpuArray<MapData, RewriteCounters>,
@@ -98,6 +101,9 @@ impl Interceptor {
     pub fn attach(cgroup: &Path) -> Result<Self, Error> {
         let object = embedded_object().ok_or(Error::NotEmbedded)?;
         let mut ebpf = Ebpf::load(object).map_err(Error::Load)?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .map_err(|e| tracing::warn!(error = %e, "eBPF debug logs unavailable"))
+            .ok();
         let dir = File::open(cgroup).map_err(|source| Error::OpenCgroup {
             path: cgroup.display().to_string(),
             source,
@@ -121,10 +127,17 @@ impl Interceptor {
         let rewrites = take_map(&mut ebpf, "REWRITES")?;
         Ok(Self {
             _ebpf: ebpf,
+            logger,
             services,
             config,
             rewrites,
         })
+    }
+
+    /// The programs' log ring buffer (their `debug!` lines), for a task to drain into
+    /// `log`/`tracing` (see [`drain_logs`]).
+    pub fn take_logger(&mut self) -> Option<EbpfLogger> {
+        self.logger.take()
     }
 
     /// Steers TCP connects to `service` (a ClusterIP:port) to the agent listener `proxy`.
@@ -177,6 +190,32 @@ impl Interceptor {
             })
     }
 
+    /// Zeroes the rewrite counters of `service_id`, so an id reused for another port
+    /// starts from nothing.
+    pub fn reset_rewrites(&mut self, service_id: u32) -> Result<(), Error> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::MapUpdate {
+            name: "REWRITES",
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: e,
+            }),
+        })?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![RewriteCounters::default(); cpus])
+            .map_err(|e| Error::MapUpdate {
+                name: "REWRITES",
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "per_cpu_values",
+                    io_error: e,
+                }),
+            })?;
+        self.rewrites
+            .set(service_id, zeros, 0)
+            .map_err(|source| Error::MapUpdate {
+                name: "REWRITES",
+                source,
+            })
+    }
+
     /// Rewrite counters for `service_id`, summed over CPUs.
     pub fn rewrites(&self, service_id: u32) -> Result<RewriteCounters, Error> {
         let per_cpu = self
@@ -192,6 +231,24 @@ impl Interceptor {
                 connects: acc.connects + c.connects,
                 peernames: acc.peernames + c.peernames,
             }))
+    }
+}
+
+/// The aya-log handle of the programs, forwarding to the `log` facade (and so to tracing).
+pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Forwards the programs' log lines as they arrive, until the ring buffer fails.
+pub async fn drain_logs(logger: EbpfLogger) {
+    // `with_interest` is deprecated because a caller could close the fd while it is
+    // registered; here the AsyncFd owns the logger, and with it the fd, for its whole life.
+    #[allow(deprecated)]
+    let Ok(mut fd) = tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE)
+    else {
+        return;
+    };
+    while let Ok(mut guard) = fd.readable_mut().await {
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
     }
 }
 
