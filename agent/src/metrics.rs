@@ -143,6 +143,16 @@ impl Metrics {
             "Wake notifications sent to the operator, by result",
             m.wakes.clone(),
         );
+        r.register(
+            "ebpf_connects_steered",
+            "connect() calls the eBPF programs steered to this agent",
+            m.steered.clone(),
+        );
+        r.register(
+            "ebpf_peernames_rewritten",
+            "getpeername() calls the eBPF programs answered with the ClusterIP",
+            m.peernames.clone(),
+        );
         m
     }
 
@@ -185,5 +195,42 @@ impl Metrics {
         self.outcomes
             .get_or_create(&OutcomeLabels::new(id, protocol, outcome))
             .get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_registered_and_encodes() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let id = ServiceId {
+            namespace: "ns".into(),
+            name: "web".into(),
+            port: 80,
+        };
+        m.outcome(&id, Protocol::Tcp, Outcome::QueueFull);
+        m.rewrites(&id, 2, 1);
+        m.wake(&id, WakeResult::Accepted);
+        m.waited(&id, Duration::from_millis(3));
+        m.held_gauge(&id).set(4);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for line in [
+            r#"elasti_agent_outcomes_total{namespace="ns",service="web",port="80",protocol="Tcp",outcome="QueueFull"} 1"#,
+            r#"elasti_agent_ebpf_connects_steered_total{namespace="ns",service="web",port="80"} 2"#,
+            r#"elasti_agent_ebpf_peernames_rewritten_total{namespace="ns",service="web",port="80"} 1"#,
+            r#"elasti_agent_wake_requests_total{namespace="ns",service="web",result="Accepted"} 1"#,
+            r#"elasti_agent_held{namespace="ns",service="web",port="80"} 4"#,
+            r#"elasti_agent_hold_seconds_count{namespace="ns",service="web",port="80"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line} in:\n{text}"
+            );
+        }
     }
 }

@@ -172,9 +172,14 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
     let steered = format!(
         "elasti_agent_ebpf_connects_steered_total{{namespace=\"{ns}\",service=\"web\",port=\"80\"}}"
     );
-    wait_until("steered connects exported", Duration::from_secs(20), || {
+    let exported = wait_until("steered connects exported", Duration::from_secs(20), || {
         metric(&steered).filter(|v| *v >= 2.0)
-    })?;
+    });
+    if exported.is_err() {
+        let all = metrics();
+        let ebpf: Vec<&str> = all.lines().filter(|l| l.contains("ebpf")).collect();
+        panic!("steered connects not exported; eBPF metrics: {ebpf:#?}");
+    }
 
     // After the hand-back grace, connects take the normal path: answered, not counted.
     std::thread::sleep(Duration::from_millis(2500));
