@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -32,7 +32,12 @@ use crate::{
     admin,
     config::Args,
     hold::{Endpoints, HeldService, ServiceId},
-    intercept::{Interceptor, ids::IdAllocator, programs::cgroup_id, proxy_addr::ProxyInterface},
+    intercept::{
+        Interceptor,
+        ids::IdAllocator,
+        programs::{cgroup_id, cgroup2_mount},
+        proxy_addr::ProxyInterface,
+    },
     listen::{ProxyListener, bind_reuseport},
     metrics::Metrics,
     plan::{self, HeldPort},
@@ -474,13 +479,9 @@ fn resolve_cgroup(flag: &str) -> Result<PathBuf, Error> {
             )))
         };
     }
-    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.join("cgroup.controllers").exists())
-        .ok_or_else(|| {
-            Error::Cgroup("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified".into())
-        })?;
+    let root = cgroup2_mount().ok_or_else(|| {
+        Error::Cgroup("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified".into())
+    })?;
     match cgroup_id(root) {
         // The root cgroup's id is 1; anything else means we see a namespaced view.
         Ok(1) => Ok(root.to_path_buf()),
@@ -499,12 +500,8 @@ fn own_cgroup_id() -> std::io::Result<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .unwrap_or("/");
-    let root = if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
-        "/sys/fs/cgroup/unified"
-    } else {
-        "/sys/fs/cgroup"
-    };
-    cgroup_id(&Path::new(root).join(rel.trim_start_matches('/')))
+    let root = cgroup2_mount().ok_or_else(|| std::io::Error::other("no cgroup v2 mount"))?;
+    cgroup_id(&root.join(rel.trim_start_matches('/')))
 }
 
 async fn shutdown_signal() {

@@ -32,11 +32,8 @@ struct Bed {
 impl Bed {
     fn new() -> Result<Self> {
         let name = format!("elasti-bench-{}", std::process::id());
-        let root = if PathBuf::from("/sys/fs/cgroup/unified/cgroup.procs").exists() {
-            PathBuf::from("/sys/fs/cgroup/unified")
-        } else {
-            PathBuf::from("/sys/fs/cgroup")
-        };
+        let root =
+            elasti_agent::intercept::programs::cgroup2_mount().context("no cgroup v2 mount")?;
         let cgroup = root.join(&name);
         fs::create_dir_all(&cgroup).context("creating the bench cgroup")?;
         let bed = Self { name, cgroup };

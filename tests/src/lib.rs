@@ -197,6 +197,19 @@ spec:
     )
 }
 
+/// The ClusterIP of Service `name` in `namespace`.
+pub fn cluster_ip(namespace: &str, name: &str) -> Result<String> {
+    kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "svc",
+        name,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+}
+
 /// Names of the pods of `app` that are Ready.
 pub fn ready_pods(namespace: &str, app: &str) -> Result<Vec<String>> {
     let out = kubectl(&[

@@ -77,15 +77,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         "-p",
         r#"{"status":{"mode":"proxy","proxyPorts":[{"name":"http","port":80,"protocol":"TCP","proxyPort":24080}]}}"#,
     ])?;
-    let cluster_ip = kubectl(&[
-        "-n",
-        ns,
-        "get",
-        "svc",
-        "web",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
+    let cluster_ip = cluster_ip(ns, "web")?;
 
     let token = std::env::temp_dir().join(format!("elasti-token-{}", std::process::id()));
     std::fs::write(&token, "test-token")?;

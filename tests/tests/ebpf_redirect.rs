@@ -51,11 +51,7 @@ struct TestBed {
 impl TestBed {
     fn new(tag: &str) -> Self {
         let name = format!("elasti-t-{tag}-{}", std::process::id());
-        let root = if PathBuf::from("/sys/fs/cgroup/unified/cgroup.procs").exists() {
-            PathBuf::from("/sys/fs/cgroup/unified")
-        } else {
-            PathBuf::from("/sys/fs/cgroup")
-        };
+        let root = elasti_agent::intercept::programs::cgroup2_mount().expect("cgroup v2 mounted");
         let cgroup = root.join(&name);
         fs::create_dir_all(&cgroup).expect("create test cgroup");
         run(Command::new("ip").args(["netns", "add", &name]));

@@ -31,15 +31,7 @@ fn service_answers_then_fails_at_zero() -> anyhow::Result<()> {
     let pods = ready_pods(ns, "web")?;
     assert_eq!(pods.len(), 1, "one Ready pod expected, got {pods:?}");
     let served_by = format!("pod={}", pods[0]);
-    let cluster_ip = kubectl(&[
-        "-n",
-        ns,
-        "get",
-        "svc",
-        "web",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
+    let cluster_ip = cluster_ip(ns, "web")?;
 
     // From a pod, by ClusterIP and by DNS name. kube-proxy programs a new Service within
     // about a second (its min sync period), so the first answer is awaited, not assumed.

@@ -252,6 +252,15 @@ pub async fn drain_logs(logger: EbpfLogger) {
     }
 }
 
+/// The host's cgroup v2 mount: `/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup`
+/// on pure v2 ones (`cgroup.controllers` exists only in v2); `None` without cgroup v2.
+pub fn cgroup2_mount() -> Option<&'static Path> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.controllers").exists())
+}
+
 /// The cgroup v2 id of a cgroup directory: its inode number on the cgroup2 filesystem.
 pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
