@@ -210,6 +210,19 @@ pub fn cluster_ip(namespace: &str, name: &str) -> Result<String> {
     ])
 }
 
+/// Waits until the `client` pod of [`http_workload`] is Ready to `kubectl exec` into.
+pub fn wait_client_ready(namespace: &str) -> Result<()> {
+    kubectl(&[
+        "-n",
+        namespace,
+        "wait",
+        "pod/client",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ])?;
+    Ok(())
+}
+
 /// Names of the pods of `app` that are Ready.
 pub fn ready_pods(namespace: &str, app: &str) -> Result<Vec<String>> {
     let out = kubectl(&[

@@ -53,14 +53,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
     let ns = TempNamespace::create("hold")?;
     let ns = ns.name.as_str();
     apply(ns, &http_workload("web", 0))?;
-    kubectl(&[
-        "-n",
-        ns,
-        "wait",
-        "pod/client",
-        "--for=condition=Ready",
-        "--timeout=120s",
-    ])?;
+    wait_client_ready(ns)?;
     apply(
         ns,
         "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {name: web}\nspec:\n  service: web\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n",

@@ -20,14 +20,7 @@ fn service_answers_then_fails_at_zero() -> anyhow::Result<()> {
         "deploy/web",
         "--timeout=120s",
     ])?;
-    kubectl(&[
-        "-n",
-        ns,
-        "wait",
-        "pod/client",
-        "--for=condition=Ready",
-        "--timeout=120s",
-    ])?;
+    wait_client_ready(ns)?;
     let pods = ready_pods(ns, "web")?;
     assert_eq!(pods.len(), 1, "one Ready pod expected, got {pods:?}");
     let served_by = format!("pod={}", pods[0]);
