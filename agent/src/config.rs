@@ -95,83 +95,16 @@ pub struct Args {
     pub log_json: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The config file could not be read.
-    #[error("reading config file {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The config file is not a YAML map of flag names to scalars or lists.
-    #[error("config file {path}: {reason}")]
-    Invalid { path: String, reason: String },
-    /// The flags (from the file or the command line) are invalid.
-    #[error(transparent)]
-    Flags(#[from] clap::Error),
-}
-
-/// Turns a YAML map of flag values into `--flag=value` arguments (lists comma-joined;
-/// `true` switches a boolean flag on, `false` leaves it off).
-pub fn file_args(yaml: &str) -> Result<Vec<String>, String> {
-    let map: std::collections::BTreeMap<String, serde_yaml::Value> =
-        serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
-    map.into_iter()
-        .filter(|(_, value)| value.as_bool() != Some(false))
-        .map(|(key, value)| {
-            let value = match value {
-                serde_yaml::Value::String(s) => s,
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::Bool(_) => return Ok(format!("--{key}")),
-                serde_yaml::Value::Sequence(items) => items
-                    .iter()
-                    .map(|i| {
-                        i.as_str()
-                            .map(String::from)
-                            .ok_or_else(|| format!("{key}: list items must be strings"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-                    .join(","),
-                _ => return Err(format!("{key}: expected a string, number, boolean or list")),
-            };
-            Ok(format!("--{key}={value}"))
-        })
-        .collect()
-}
+pub use elasti_runtime::config_file::Error;
 
 impl Args {
     /// Parses the command line, with the values of `--config`'s file (if any) placed
     /// before it so the command line wins.
     ///
     /// # Errors
-    /// When the file can't be read or parsed, or a flag is invalid; [`Error::Flags`]
-    /// carries clap's own message (and `--help`/`--version` output).
+    /// When the file can't be read or parsed, or a flag is invalid.
     pub fn load(argv: Vec<String>) -> Result<Self, Error> {
-        let first = Self::try_parse_from(&argv)?;
-        if first.config.is_empty() {
-            return Ok(first);
-        }
-        let path = first.config.clone();
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let from_file = file_args(&text).map_err(|reason| Error::Invalid {
-            path: path.clone(),
-            reason,
-        })?;
-        // The command line wins: drop the file's value of any flag it gives itself.
-        let given = |flag: &str| {
-            let name = flag.split('=').next().unwrap_or(flag);
-            argv.iter()
-                .skip(1)
-                .any(|a| a == name || a.starts_with(&format!("{name}=")))
-        };
-        let mut merged = vec![argv.first().cloned().unwrap_or_default()];
-        merged.extend(from_file.into_iter().filter(|f| !given(f)));
-        merged.extend(argv.into_iter().skip(1));
-        Ok(Self::try_parse_from(merged)?)
+        elasti_runtime::config_file::load(argv, |a: &Self| a.config.as_str())
     }
 
     pub fn limits(&self) -> Limits {
@@ -183,13 +116,7 @@ impl Args {
 
     /// The namespaces to watch, `None` for all.
     pub fn namespaces(&self) -> Option<Vec<String>> {
-        let ns: Vec<String> = self
-            .watch_namespaces
-            .iter()
-            .filter(|n| !n.is_empty())
-            .cloned()
-            .collect();
-        (!ns.is_empty()).then_some(ns)
+        elasti_runtime::config_file::namespaces(&self.watch_namespaces)
     }
 }
 
@@ -224,11 +151,5 @@ mod tests {
         );
         assert!(args.log_json);
         std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    #[test]
-    fn a_bad_file_is_a_clear_error() {
-        assert!(file_args("max-held: {nested: 1}").is_err());
-        assert!(file_args("- not a map").is_err());
     }
 }

@@ -7,10 +7,9 @@
 //! - [`wake`]: readiness from EndpointSlices, and the scale-up notification.
 //! - [`plan`]: which (Service, port)s to hold, from the watched objects (pure).
 //! - [`run`]: the agent's main loop: watches, listeners, map entries, admin server.
-//! - [`metrics`]: every outcome, counted; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: every outcome, counted (served by `elasti_runtime::admin`).
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod config;
 pub mod forward;
 pub mod hold;

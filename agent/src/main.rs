@@ -9,16 +9,7 @@ async fn main() -> anyhow::Result<()> {
         Err(elasti_agent::config::Error::Flags(e)) => e.exit(),
         Err(e) => return Err(e.into()),
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    elasti_runtime::init_tracing(args.log_json);
     elasti_agent::run::run(args).await?;
     Ok(())
 }

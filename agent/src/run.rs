@@ -21,15 +21,13 @@ use elasti_api::ElastiService;
 use elasti_common::RewriteCounters;
 use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
-};
+use kube::{Client, runtime::reflector::Store};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use elasti_runtime::{admin, reflect};
+
 use crate::{
-    admin,
     config::Args,
     hold::{Endpoints, HeldService, ServiceId},
     intercept::{
@@ -422,49 +420,6 @@ fn release(interceptor: &mut Interceptor, a: &mut Active) {
             tracing::error!(service = %a.plan.id, %addr, error = %e, "map delete failed");
         }
     }
-}
-
-type Events = futures::stream::BoxStream<'static, ()>;
-
-/// A reflector for `K` (in `namespaces`, or all), and a stream that yields on each change.
-fn reflect<K>(client: &Client, namespaces: Option<Vec<String>>) -> (Store<K>, Events)
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + for<'de> k8s_openapi::serde::Deserialize<'de>
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let config = watcher::Config::default();
-    let stream: Events = match namespaces {
-        None => reflector(writer, watcher(Api::<K>::all(client.clone()), config))
-            .default_backoff()
-            .map(|_| ())
-            .boxed(),
-        Some(ns) => {
-            // One watch per namespace feeding one store.
-            let writer = Arc::new(tokio::sync::Mutex::new(writer));
-            let streams = ns.into_iter().map(|n| {
-                let writer = writer.clone();
-                watcher(Api::<K>::namespaced(client.clone(), &n), config.clone())
-                    .default_backoff()
-                    .then(move |ev| {
-                        let writer = writer.clone();
-                        async move {
-                            if let Ok(ev) = &ev {
-                                writer.lock().await.apply_watcher_event(ev);
-                            }
-                        }
-                    })
-                    .boxed()
-            });
-            futures::stream::select_all(streams).boxed()
-        }
-    };
-    (reader, stream)
 }
 
 /// The cgroup to attach at: the flag's path, or with `auto` the host's cgroup v2 root.

@@ -3,9 +3,13 @@
 //! - [`ElastiService`]: the CRD, wire-compatible with KubeElasti's `elasti.truefoundry.com/v1alpha1`
 //!   (existing manifests apply unchanged), plus Kubernetes-style status extensions.
 //! - [`wake`]: the agent → operator scale-up notification (design §2.5).
+//! - [`endpoints`]: a Service port's Ready endpoints, from its EndpointSlices.
+//! - [`fallback`]: how the operator's fallback EndpointSlices are told apart (design §2.4).
 #![forbid(unsafe_code)]
 
 mod elastiservice;
+pub mod endpoints;
+pub mod fallback;
 pub mod wake;
 
 pub use elastiservice::*;

@@ -1,28 +1,15 @@
-//! `elasti-operator`: args, tracing, run. The control plane itself is issue #4's work; this
-//! binary exists so the image and manifests can be built and deployed end to end.
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(about, version)]
-struct Args {}
+//! `elasti-operator`: args, tracing, run.
+use elasti_operator::config::{Args, Error};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    let _args = Args::parse();
-    tracing::info!("elasti-operator started; waiting for SIGTERM");
-    elasti_operator_shutdown().await;
+    let args = match Args::load(std::env::args().collect()) {
+        Ok(args) => args,
+        // clap's own errors (and --help/--version) print and exit as clap does.
+        Err(Error::Flags(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
+    elasti_runtime::init_tracing(args.log_json);
+    elasti_operator::run::run(args).await?;
     Ok(())
-}
-
-async fn elasti_operator_shutdown() {
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
 }

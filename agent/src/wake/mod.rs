@@ -1,6 +1,7 @@
 //! Waking: learning that a service is Ready, and asking for it to be scaled up.
 //!
-//! - [`readiness`]: Ready endpoints of a Service port from its EndpointSlices (pure).
+//! - [`readiness`]: Ready endpoints of a Service port from its EndpointSlices (pure, shared
+//!   with the operator in `elasti_api::endpoints`).
 //! - [`notify`]: the authenticated `POST /v1/wake` to the operator, retried with backoff.
 pub mod notify;
-pub mod readiness;
+pub use elasti_api::endpoints as readiness;

@@ -1,4 +1,5 @@
-//! The Ready endpoints of one Service port, from the EndpointSlices the watch holds. Pure.
+//! The Ready endpoints of one Service port, from its EndpointSlices. Pure; the agent uses
+//! it to release held connections and the operator to set `status.mode`.
 //! Forwarding goes to `podIP:targetPort` as the slice gives it (named target ports are
 //! already resolved per pod there), so nothing depends on kube-proxy having caught up.
 use std::net::{IpAddr, SocketAddr};
@@ -8,9 +9,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Whether `slice` belongs to Service `namespace/service`.
+/// Whether `slice` lists pods of Service `namespace/service` (the operator's fallback
+/// slice, whose endpoints are the agents themselves, does not).
 pub fn belongs_to(slice: &EndpointSlice, namespace: &str, service: &str) -> bool {
-    slice.metadata.namespace.as_deref() == Some(namespace)
+    !crate::fallback::is_fallback_slice(slice)
+        && slice.metadata.namespace.as_deref() == Some(namespace)
         && slice
             .metadata
             .labels
@@ -78,7 +81,7 @@ mod tests {
     ) -> EndpointSlice {
         EndpointSlice {
             address_type: "IPv4".into(),
-            metadata: kube::api::ObjectMeta {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 namespace: Some("ns".into()),
                 labels: Some([(SERVICE_NAME_LABEL.to_string(), "web".to_string())].into()),
                 ..Default::default()
@@ -145,5 +148,16 @@ mod tests {
         assert!(belongs_to(&a, "ns", "web"));
         assert!(!belongs_to(&a, "ns", "other"));
         assert!(!belongs_to(&a, "other", "web"));
+        let mut fallback = a.clone();
+        if let Some(labels) = fallback.metadata.labels.as_mut() {
+            labels.insert(
+                crate::fallback::MANAGED_BY_LABEL.into(),
+                crate::fallback::MANAGED_BY.into(),
+            );
+        }
+        assert!(
+            !belongs_to(&fallback, "ns", "web"),
+            "the operator's fallback slice lists agents, not pods"
+        );
     }
 }

@@ -1,0 +1,45 @@
+//! A reflector over one resource kind, scoped to a set of namespaces (`WATCH_NAMESPACES`).
+use futures::{StreamExt, future, stream::BoxStream};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store, reflector},
+        watcher::{self, Event, watcher},
+    },
+};
+
+/// Yields `()` after each change the reflector applied (and on watch errors, after backoff).
+pub type Events = BoxStream<'static, ()>;
+
+/// A reflector for `K` in `namespaces` (or all), and the stream that drives it: poll it and
+/// the store fills.
+///
+/// One cluster-wide watch, filtered: a store fed by one watch per namespace would be
+/// emptied of the other namespaces each time one of them re-lists.
+pub fn reflect<K>(client: &Client, namespaces: Option<Vec<String>>) -> (Store<K>, Events)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + for<'de> k8s_openapi::serde::Deserialize<'de>
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let in_scope = move |obj: &K| match &namespaces {
+        None => true,
+        Some(ns) => obj.namespace().is_some_and(|n| ns.contains(&n)),
+    };
+    let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .filter(move |ev| {
+            future::ready(match ev {
+                Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => in_scope(o),
+                _ => true,
+            })
+        });
+    let stream = reflector(writer, events).map(|_| ()).boxed();
+    (reader, stream)
+}
