@@ -76,11 +76,14 @@ pub async fn run_until(
 
     let (store, events) = reflect::<ElastiService>(&client, args.namespaces());
     let reflector_task = tokio::spawn(events.for_each(|()| async {}));
+    // The one waiter on the store: its readiness future wakes only its last poller.
+    let (synced_tx, synced_rx) = watch::channel(false);
     tokio::spawn({
         let (store, synced) = (store.clone(), synced.clone());
         async move {
             if store.wait_until_ready().await.is_ok() {
                 synced.store(true, Ordering::Release);
+                let _ = synced_tx.send(true);
                 tracing::info!(elastiservices = store.state().len(), "synced");
             }
         }
@@ -159,7 +162,7 @@ pub async fn run_until(
             break;
         }
         metrics.leader.set(1);
-        if store.wait_until_ready().await.is_err() {
+        if synced_rx.clone().wait_for(|s| *s).await.is_err() {
             break;
         }
         let book = PortBook::from_statuses(

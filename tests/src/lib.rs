@@ -10,6 +10,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub mod operator;
+
 /// The images `cargo xtask images` builds; the tag matches `xtask/src/paths.rs`.
 pub const HTTP_WORKLOAD_IMAGE: &str = "elasti.local/elasti-http-workload:0.1.0";
 pub const TCP_ECHO_IMAGE: &str = "elasti.local/elasti-tcp-echo:0.1.0";
