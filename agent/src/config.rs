@@ -36,6 +36,11 @@ pub struct Args {
     #[arg(long, env = "ELASTI_PROXY_INTERFACE", default_value = "elasti0")]
     pub proxy_interface: String,
 
+    /// Remove the proxy link on exit. The DaemonSet turns this off: during a rolling
+    /// update the next agent is already serving on that address.
+    #[arg(long, env = "ELASTI_REMOVE_INTERFACE_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub remove_interface_on_exit: bool,
+
     /// Address the proxy listeners bind (one per allocated proxy port).
     #[arg(long, env = "ELASTI_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: IpAddr,

@@ -109,6 +109,7 @@ pub struct Metrics {
     wakes: Family<WakeLabels, Counter>,
     steered: Family<ServiceLabels, Counter>,
     peernames: Family<ServiceLabels, Counter>,
+    intercepting: Family<ServiceLabels, Gauge>,
 }
 
 impl Metrics {
@@ -121,6 +122,7 @@ impl Metrics {
             wakes: Family::default(),
             steered: Family::default(),
             peernames: Family::default(),
+            intercepting: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("elasti_agent");
         r.register(
@@ -153,7 +155,19 @@ impl Metrics {
             "getpeername() calls the eBPF programs answered with the ClusterIP",
             m.peernames.clone(),
         );
+        r.register(
+            "intercepting",
+            "1 while connects to the service port's ClusterIP are steered to this agent",
+            m.intercepting.clone(),
+        );
         m
+    }
+
+    /// Whether connects to `id`'s ClusterIP are steered here now.
+    pub fn intercepting(&self, id: &ServiceId, on: bool) {
+        self.intercepting
+            .get_or_create(&id.into())
+            .set(i64::from(on));
     }
 
     pub fn wake(&self, id: &ServiceId, result: WakeResult) {
@@ -216,6 +230,7 @@ mod tests {
         m.wake(&id, WakeResult::Accepted);
         m.waited(&id, Duration::from_millis(3));
         m.held_gauge(&id).set(4);
+        m.intercepting(&id, true);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -225,6 +240,7 @@ mod tests {
             r#"elasti_agent_ebpf_peernames_rewritten_total{namespace="ns",service="web",port="80"} 1"#,
             r#"elasti_agent_wake_requests_total{namespace="ns",service="web",result="Accepted"} 1"#,
             r#"elasti_agent_held{namespace="ns",service="web",port="80"} 4"#,
+            r#"elasti_agent_intercepting{namespace="ns",service="web",port="80"} 1"#,
             r#"elasti_agent_hold_seconds_count{namespace="ns",service="web",port="80"} 1"#,
         ] {
             assert!(

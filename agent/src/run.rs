@@ -208,11 +208,16 @@ pub async fn run_until(
         .shutdown(
             &mut interceptor,
             Duration::from_secs(args.drain_timeout_secs),
+            &eps_store,
         )
         .await;
     drop(interceptor);
-    if let Some(link) = proxy_interface {
-        link.remove().await?;
+    match proxy_interface {
+        Some(link) if args.remove_interface_on_exit => link.remove().await?,
+        Some(link) => {
+            tracing::info!(link = link.name(), "proxy link left for the next agent");
+        }
+        None => {}
     }
     Ok(())
 }
@@ -262,7 +267,7 @@ impl State {
             .collect();
         for id in gone {
             if let Some(mut a) = self.held.remove(&id) {
-                release(interceptor, &mut a);
+                release(interceptor, &mut a, &self.metrics);
                 self.draining.push(a.listener.active());
                 self.ids.release(&id);
                 if let Ok(mut r) = self.receivers.lock() {
@@ -276,14 +281,7 @@ impl State {
         let all_slices = slices.state();
         let mut next: Option<Instant> = None;
         for port in desired {
-            let endpoints: Endpoints = readiness::ready_endpoints(
-                all_slices
-                    .iter()
-                    .filter(|s| readiness::belongs_to(s, &port.id.namespace, &port.id.name))
-                    .map(|s| s.as_ref()),
-                &port.port_name,
-            )
-            .into();
+            let endpoints = port_endpoints(&all_slices, &port);
             let is_ready = !endpoints.is_empty();
             if !self.held.contains_key(&port.id) {
                 match self.start(port.clone(), is_ready, now) {
@@ -305,7 +303,7 @@ impl State {
             };
             if a.plan.cluster_addrs != port.cluster_addrs {
                 // The Service's IPs changed: re-key the map entries.
-                release(interceptor, a);
+                release(interceptor, a, &self.metrics);
                 a.plan = port.clone();
             }
             a.endpoints.send_if_modified(|current| {
@@ -330,9 +328,10 @@ impl State {
                         .is_ok()
                 });
                 a.intercepting = ok;
+                self.metrics.intercepting(&a.plan.id, ok);
                 tracing::info!(service = %a.plan.id, %proxy, "holding: connects to the ClusterIP go to the agent");
             } else if !want && a.intercepting {
-                release(interceptor, a);
+                release(interceptor, a, &self.metrics);
                 tracing::info!(service = %a.plan.id, "handed back: connects take the normal path");
             }
             if let Some(since) = a.ready_since.filter(|_| a.intercepting) {
@@ -392,29 +391,67 @@ impl State {
         })
     }
 
-    /// SIGTERM: empty the maps, stop accepting, let accepted connections finish.
-    async fn shutdown(mut self, interceptor: &mut Interceptor, drain: Duration) {
+    /// SIGTERM: empty the maps, stop accepting, let accepted connections finish. What is
+    /// still held keeps waiting: its endpoints stay fed from the EndpointSlice watch, so it
+    /// is forwarded the moment a pod is Ready (a rolling update of the agent loses nothing).
+    async fn shutdown(
+        mut self,
+        interceptor: &mut Interceptor,
+        drain: Duration,
+        slices: &Store<EndpointSlice>,
+    ) {
         for a in self.held.values_mut() {
-            release(interceptor, a);
+            release(interceptor, a, &self.metrics);
         }
         let mut counters = std::mem::take(&mut self.draining);
         counters.extend(self.held.values().map(|a| a.listener.active()));
         let held: usize = self.held.values().map(|a| a.service.held()).sum();
-        self.held.clear();
+        let feeds: Vec<(HeldPort, watch::Sender<Endpoints>, Arc<HeldService>)> = self
+            .held
+            .drain()
+            .map(|(_, a)| {
+                drop(a.listener);
+                (a.plan, a.endpoints, a.service)
+            })
+            .collect();
         tracing::info!(
             held,
             "shutting down: maps emptied, listeners closed; draining"
         );
         let deadline = Instant::now() + drain;
         while counters.iter().any(|c| c.load(Ordering::Acquire) > 0) && Instant::now() < deadline {
+            let all_slices = slices.state();
+            for (plan, endpoints, _) in &feeds {
+                let now = port_endpoints(&all_slices, plan);
+                endpoints.send_if_modified(|current| {
+                    let changed = current[..] != now[..];
+                    if changed {
+                        *current = now;
+                    }
+                    changed
+                });
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
+/// The Ready endpoints of a held port, from the EndpointSlices the watch holds.
+fn port_endpoints(slices: &[Arc<EndpointSlice>], port: &HeldPort) -> Endpoints {
+    readiness::ready_endpoints(
+        slices
+            .iter()
+            .filter(|s| readiness::belongs_to(s, &port.id.namespace, &port.id.name))
+            .map(|s| s.as_ref()),
+        &port.port_name,
+    )
+    .into()
+}
+
 /// Takes the port's map entries out: new connects go where they were aimed.
-fn release(interceptor: &mut Interceptor, a: &mut Active) {
+fn release(interceptor: &mut Interceptor, a: &mut Active, metrics: &Metrics) {
     a.intercepting = false;
+    metrics.intercepting(&a.plan.id, false);
     for addr in &a.plan.cluster_addrs {
         if let Err(e) = interceptor.release(*addr) {
             tracing::error!(service = %a.plan.id, %addr, error = %e, "map delete failed");

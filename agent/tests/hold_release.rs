@@ -7,16 +7,12 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use elasti_agent::{
     hold::{Endpoints, HeldService, ServiceId, Wake, admission::Limits},
     listen::{ProxyListener, bind_reuseport},
     metrics::{Metrics, Outcome, Protocol},
 };
-use futures::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use elasti_workloads::client;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
@@ -96,21 +92,10 @@ async fn wait_held(p: &Proxy, n: usize) {
 }
 
 async fn http1_get(addr: SocketAddr, path: &str) -> (u16, hyper::HeaderMap, String) {
-    let stream = TcpStream::connect(addr).await.expect("connect proxy");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let a = client::get(addr, path)
         .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "web.test")
-        .header("x-trace", "abc")
-        .body(Full::new(Bytes::new()))
-        .expect("req");
-    let resp = tx.send_request(req).await.expect("response");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+        .expect("GET through the proxy");
+    (a.status, a.headers, a.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,21 +165,11 @@ async fn a_thousand_held_http_requests_and_tcp_connections_are_all_answered_afte
 async fn raw_tcp_is_held_then_spliced_to_the_pod() {
     let p = proxy(Limits::default()).await;
     let addr = p.addr;
-    let client = tokio::spawn(async move {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(b"WHO\n").await.expect("write");
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).await.expect("read");
-        r.get_mut().write_all(b"again\n").await.expect("write");
-        let mut echo = String::new();
-        r.read_line(&mut echo).await.expect("read");
-        (line, echo)
-    });
+    let client = tokio::spawn(client::tcp_who_and_echo(addr));
     wait_held(&p, 1).await;
     p.endpoints
         .send_replace(Endpoints::from(vec![tcp_pod("echo-1").await]));
-    let (who, echo) = client.await.expect("task");
+    let (who, echo) = client.await.expect("task").expect("tcp echo");
     assert_eq!(who, "pod=echo-1\n");
     assert_eq!(echo, "again\n");
 }
@@ -204,68 +179,9 @@ async fn streaming_large_bodies_websocket_and_grpc_survive_a_hold() {
     let p = proxy(Limits::default()).await;
     let addr = p.addr;
     let streamed = tokio::spawn(http1_get(addr, "/stream?chunks=3&interval_ms=20"));
-    let big = tokio::spawn(async move {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let body = vec![b'x'; 1 << 20];
-        let req = Request::post("/echo")
-            .header("host", "web")
-            .body(Full::new(Bytes::from(body)))
-            .expect("req");
-        let resp = tx.send_request(req).await.expect("resp");
-        resp.into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .len()
-    });
-    let ws = tokio::spawn(async move {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
-            .await
-            .expect("websocket handshake through the hold");
-        ws.send("hello".into()).await.expect("send");
-        ws.next()
-            .await
-            .expect("frame")
-            .expect("message")
-            .into_text()
-            .expect("text")
-            .to_string()
-    });
-    let grpc = tokio::spawn(async move {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let (mut tx, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(conn);
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(&5u32.to_be_bytes());
-        frame.extend_from_slice(b"hello");
-        let req = Request::post("http://web/elasti.test.Echo/ServerStream")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("grpc-repeat", "2")
-            .body(Full::new(Bytes::from(frame.clone())))
-            .expect("req");
-        let resp = tx.send_request(req).await.expect("grpc response");
-        let collected = resp.into_body().collect().await.expect("body");
-        let status = collected
-            .trailers()
-            .and_then(|t| t.get("grpc-status"))
-            .map(|v| v.to_str().unwrap_or("").to_string());
-        (
-            collected.to_bytes().to_vec() == [frame.clone(), frame].concat(),
-            status,
-        )
-    });
+    let big = tokio::spawn(client::echo_len(addr, 1 << 20));
+    let ws = tokio::spawn(client::websocket_echo(addr, "hello"));
+    let grpc = tokio::spawn(client::grpc_server_stream(addr, 2));
     wait_held(&p, 4).await;
     p.endpoints
         .send_replace(Endpoints::from(vec![http_pod("web-2").await]));
@@ -273,13 +189,17 @@ async fn streaming_large_bodies_websocket_and_grpc_survive_a_hold() {
     let (status, _, body) = streamed.await.expect("task");
     assert_eq!(status, 200);
     assert_eq!(body.lines().count(), 3, "all chunks: {body}");
-    assert_eq!(big.await.expect("task"), 1 << 20, "1 MiB echoed whole");
     assert_eq!(
-        ws.await.expect("task"),
+        big.await.expect("task").expect("echo"),
+        1 << 20,
+        "1 MiB echoed whole"
+    );
+    assert_eq!(
+        ws.await.expect("task").expect("websocket"),
         "hello",
         "websocket echo through the hold"
     );
-    let (frames_ok, grpc_status) = grpc.await.expect("task");
+    let (frames_ok, grpc_status) = grpc.await.expect("task").expect("grpc");
     assert!(frames_ok, "server-streaming gRPC frames echoed twice");
     assert_eq!(
         grpc_status.as_deref(),

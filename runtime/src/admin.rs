@@ -21,7 +21,8 @@ pub async fn serve(
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    // SO_REUSEPORT: during a rolling update the surge agent serves beside the old one.
+    let listener = crate::net::bind_reuseport(addr, 128)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let (registry, ready) = (registry.clone(), ready.clone());

@@ -3,11 +3,13 @@
 //! - [`admin`]: the `/metrics`, `/healthz` and `/readyz` server;
 //! - [`config_file`]: `--config` YAML files of flag values under clap;
 //! - [`reflect`]: a reflector scoped to `WATCH_NAMESPACES`;
+//! - [`net`]: `SO_REUSEPORT` listeners;
 //! - [`init_tracing`]: text or JSON logs, filtered by `RUST_LOG`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config_file;
+pub mod net;
 mod reflect;
 
 pub use reflect::{Events, reflect};

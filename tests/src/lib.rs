@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub mod e2e;
 pub mod operator;
 
 /// The images `cargo xtask images` builds; the tag matches `xtask/src/paths.rs`.

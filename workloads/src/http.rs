@@ -5,6 +5,10 @@
 //! - `GET /stream?chunks=N&interval_ms=M` → a chunked response of N chunks.
 //! - `POST /echo` → the request body, streamed back (used with 1 MiB bodies).
 //! - `GET /ws` → a websocket echo.
+//! - `GET /healthz` → 200 once `READY_AFTER_MS` (default 0) has passed since start, 503
+//!   before: a pod that is Running but not yet Ready.
+//! - `GET /metrics` → `http_requests_total`, every request but probes and scrapes (what a
+//!   Prometheus trigger reads to tell traffic from idleness).
 //! - HTTP/2 with prior knowledge (h2c) on the same port, including a gRPC echo:
 //!   `/elasti.test.Echo/Unary` returns the request message, `/elasti.test.Echo/ServerStream`
 //!   returns it `grpc-repeat` times (default 3). Messages are opaque bytes.
@@ -29,8 +33,41 @@ use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 /// Response bodies: fixed, streamed, or the request body itself (whose errors pass through).
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// The process start and the request counter, shared by every connection.
+struct State {
+    started: std::time::Instant,
+    ready_after: Duration,
+    registry: prometheus_client::registry::Registry,
+    requests: prometheus_client::metrics::counter::Counter,
+}
+
+static STATE: std::sync::OnceLock<State> = std::sync::OnceLock::new();
+
+fn state() -> &'static State {
+    STATE.get_or_init(|| {
+        let ready_after = std::env::var("READY_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_millis);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let requests = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "http_requests",
+            "Requests served, probes and scrapes excluded",
+            requests.clone(),
+        );
+        State {
+            started: std::time::Instant::now(),
+            ready_after,
+            registry,
+            requests,
+        }
+    })
+}
+
 /// Serves HTTP/1.1 and h2c on `listener` as pod `pod`, until the task is dropped.
 pub async fn serve(listener: TcpListener, pod: String) -> std::io::Result<()> {
+    state();
     loop {
         let (stream, _) = listener.accept().await?;
         let pod = pod.clone();
@@ -50,15 +87,27 @@ pub async fn serve(listener: TcpListener, pod: String) -> std::io::Result<()> {
 async fn handle(req: Request<Incoming>, pod: String) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let query = Query(req.uri().query().unwrap_or("").to_string());
+    let st = state();
+    if path != "/healthz" && path != "/metrics" {
+        st.requests.inc();
+    }
     let resp = match path.as_str() {
+        "/metrics" => {
+            let mut text = String::new();
+            let _ = prometheus_client::encoding::text::encode(&mut text, &st.registry);
+            text_response(StatusCode::OK, &text)
+        }
+        "/healthz" if st.started.elapsed() < st.ready_after => {
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        }
         "/ws" => websocket(req),
         "/echo" => echo(req),
         "/slow" => slow(&pod, query.get("ms", 1000), query.get("drip", 1)),
         "/stream" => stream(&pod, query.get("chunks", 5), query.get("interval_ms", 100)),
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => text_response(StatusCode::OK, "ok\n"),
         p if p.starts_with("/elasti.test.Echo/") => grpc(req, &path).await,
         _ => {
-            let mut resp = text(StatusCode::OK, &format!("pod={pod}\n"));
+            let mut resp = text_response(StatusCode::OK, &format!("pod={pod}\n"));
             for (name, value) in req.headers() {
                 if name.as_str().starts_with("x-") {
                     resp.headers_mut().insert(name.clone(), value.clone());
@@ -87,7 +136,7 @@ impl Query {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+fn text_response(status: StatusCode, body: &str) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut()
@@ -152,7 +201,7 @@ fn stream(pod: &str, chunks: u64, interval_ms: u64) -> Response<Body> {
 
 fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+        return text_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);

@@ -1,6 +1,7 @@
 //! Test workloads for elasti's suites, as a library so in-process tests run the very same
 //! servers the images run.
 
+pub mod client;
 pub mod http;
 pub mod tcp_echo;
 

@@ -9,6 +9,7 @@ mod bench;
 mod cluster;
 mod cmd;
 mod demo;
+mod e2e;
 mod ebpf;
 mod images;
 mod paths;
@@ -40,6 +41,8 @@ enum Task {
     /// The README's test command: unit, root and cluster suites, with the cluster brought up
     /// and torn down around them.
     Test(test::Args),
+    /// The end-to-end scenarios alone, on a fresh local cluster, with their table.
+    E2e(e2e::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Task::Cluster(args) => cluster::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::E2e(args) => e2e::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -102,7 +102,7 @@ const SUITE_ARGS: [&str; 8] = [
     "--test-threads=1",
 ];
 
-fn build_suites() -> Result<()> {
+pub fn build_suites() -> Result<()> {
     // Built in the host namespace: the cluster's has no route to crates.io.
     cmd::run(
         "build cluster suites",
@@ -130,7 +130,12 @@ fn kind_suites(tarballs: &[std::path::PathBuf], tally: &mut cmd::Tally) -> Resul
     result.and(cluster::kind::down())
 }
 
-/// Brings the cluster up, runs `tests/` with `--ignored` inside its netns, tears it down.
+/// The end-to-end scenarios' test names start with this; they run last, against elasti
+/// installed from its manifests, so the in-process suites never meet the DaemonSet.
+const SCENARIOS: &str = "scenario_";
+
+/// Brings the cluster up, runs `tests/` with `--ignored` inside its netns (the suites,
+/// then the end-to-end scenarios), tears it down.
 fn cluster_suites(tally: &mut cmd::Tally) -> Result<()> {
     build_suites()?;
     cluster::up()?;
@@ -138,9 +143,53 @@ fn cluster_suites(tally: &mut cmd::Tally) -> Result<()> {
         "cluster suites",
         cluster::in_cluster("cargo")
             .current_dir(paths::repo())
-            .args(SUITE_ARGS),
+            .args(SUITE_ARGS)
+            .args(["--skip", SCENARIOS]),
         tally,
-    );
+    )
+    .and_then(|()| scenarios(tally));
     let down = cluster::down();
     result.and(down)
+}
+
+/// Runs the end-to-end scenarios on the cluster that is up, and prints their table.
+pub fn scenarios(tally: &mut cmd::Tally) -> Result<()> {
+    let table = paths::repo().join("target/e2e/scenarios.tsv");
+    let _ = std::fs::remove_file(&table);
+    let result = cmd::run_tests(
+        "end-to-end scenarios",
+        cluster::in_cluster("cargo")
+            .current_dir(paths::repo())
+            .args([
+                "test",
+                "-p",
+                "elasti-e2e",
+                "--locked",
+                "--offline",
+                "--test",
+                "e2e",
+                "--",
+                "--ignored",
+                "--test-threads=1",
+                SCENARIOS,
+            ]),
+        tally,
+    );
+    print_scenarios(&table);
+    result
+}
+
+/// The table the scenarios wrote: number, what, result, seconds.
+fn print_scenarios(table: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return;
+    };
+    let mut rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    rows.sort_by_key(|r| r.first().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
+    println!("\n| # | scenario | result | seconds |\n|---|---|---|---|");
+    for r in rows {
+        if let [n, what, result, secs, ..] = r.as_slice() {
+            println!("| {n} | {what} | {result} | {secs} |");
+        }
+    }
 }

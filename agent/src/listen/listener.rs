@@ -9,7 +9,6 @@ use std::{
     time::Duration,
 };
 
-use socket2::{Domain, Socket, Type};
 use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
@@ -31,16 +30,10 @@ const PEEK_BYTES: usize = 24;
 /// Backlog of each proxy listener; bursts of cold connects queue here before accept.
 const BACKLOG: i32 = 4096;
 
-/// Binds `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), non-blocking, for tokio.
+/// Binds `addr` with `SO_REUSEPORT`, so a surge agent of a rolling update listens beside
+/// the old one and no connect is refused while they swap.
 pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    elasti_runtime::net::bind_reuseport(addr, BACKLOG)
 }
 
 /// A running listener for one held service. Dropping it stops accepting; connections

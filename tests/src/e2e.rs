@@ -1,0 +1,247 @@
+//! Helpers for the end-to-end scenarios (`tests/tests/e2e.rs`): elasti installed from
+//! `deploy/local` (the DaemonSet and the operator Deployment), clients inside the pods'
+//! intercepted cgroup, the agents' metrics, and the scenario table.
+use std::{
+    io::Write,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{get_from_netns, kubectl, wait_until};
+
+/// The pods' cgroup subtree in the local cluster (kubelet's cgroupRoot on the v2 mount).
+pub const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
+/// The agent's admin server on the node (the DaemonSet runs on the host network).
+pub const AGENT_ADMIN: &str = "10.250.0.2:9095";
+/// The node's address (NodePorts, the fallback slice's endpoints).
+pub const NODE_IP: &str = "10.250.0.2";
+
+/// `kubectl apply -k deploy/local`, then waits for the agent and the operator.
+pub fn install_elasti() -> Result<()> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local");
+    kubectl(&["apply", "-k", dir])?;
+    for what in ["daemonset/elasti-agent", "deployment/elasti-operator"] {
+        kubectl(&[
+            "-n",
+            "elasti-system",
+            "rollout",
+            "status",
+            what,
+            "--timeout=180s",
+        ])?;
+    }
+    Ok(())
+}
+
+/// The first agent metric line starting with `prefix`, its value.
+pub fn agent_metric(prefix: &str) -> Option<f64> {
+    get_from_netns(AGENT_ADMIN, "/metrics", Duration::from_secs(2))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits until the agent steers connects to `namespace/service:port` to itself.
+pub fn wait_intercepting(namespace: &str, service: &str, port: u16) -> Result<()> {
+    let prefix = format!(
+        r#"elasti_agent_intercepting{{namespace="{namespace}",service="{service}",port="{port}"}}"#
+    );
+    wait_until(
+        &format!("the agent holding {namespace}/{service}:{port}"),
+        Duration::from_secs(60),
+        || (agent_metric(&prefix) == Some(1.0)).then_some(()),
+    )
+}
+
+/// This test process, moved into a cgroup under the pods' subtree: its connects are
+/// intercepted exactly like a pod's (it shares the node's network, like a hostNetwork
+/// pod). Moved back, and the cgroup removed, on drop.
+pub struct InPodsCgroup {
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+impl InPodsCgroup {
+    pub fn enter(name: &str) -> Result<Self> {
+        let text = std::fs::read_to_string("/proc/self/cgroup")?;
+        let rel = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .context("no cgroup v2 line in /proc/self/cgroup")?;
+        let root = PathBuf::from(PODS_CGROUP)
+            .parent()
+            .map(PathBuf::from)
+            .context("cgroup root")?;
+        let home = root.join(rel.trim_start_matches('/'));
+        let dir = PathBuf::from(PODS_CGROUP).join(format!("e2e-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("joining {}", dir.display()))?;
+        Ok(Self { dir, home })
+    }
+}
+
+impl Drop for InPodsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.home.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Runs a scenario, records its result and duration in `target/e2e/scenarios.tsv` (the
+/// table `cargo xtask e2e` prints), and fails the test if it failed.
+pub fn scenario(number: u32, title: &str, body: impl FnOnce() -> Result<()>) {
+    let start = Instant::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    let secs = start.elapsed().as_secs_f64();
+    let (ok, detail) = match &result {
+        Ok(Ok(())) => (true, String::new()),
+        Ok(Err(e)) => (false, format!("{e:#}")),
+        Err(_) => (false, "panicked".into()),
+    };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/e2e");
+    let _ = std::fs::create_dir_all(dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{dir}/scenarios.tsv"))
+    {
+        let _ = writeln!(
+            f,
+            "{number}\t{title}\t{}\t{secs:.1}\t{}",
+            if ok { "passed" } else { "FAILED" },
+            detail.replace(['\n', '\t'], " ")
+        );
+    }
+    if !ok {
+        // What elasti said while it failed, for the CI log.
+        for (what, selector) in [
+            ("operator", "app.kubernetes.io/name=elasti-operator"),
+            ("agent", "app.kubernetes.io/name=elasti-agent"),
+        ] {
+            let logs = kubectl(&[
+                "-n",
+                "elasti-system",
+                "logs",
+                "-l",
+                selector,
+                "--tail=40",
+                "--prefix",
+            ])
+            .unwrap_or_else(|e| e.to_string());
+            eprintln!("--- {what} logs (scenario {number}) ---\n{logs}");
+        }
+    }
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("scenario {number} ({title}): {e:#}"),
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// A Deployment (or StatefulSet) of the HTTP workload and its Service, with `env` lines
+/// (`{name: K, value: V}`) added to the container.
+pub fn app(name: &str, kind: &str, replicas: u32, env: &[(&str, &str)]) -> String {
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("        - {{name: {k}, value: \"{v}\"}}\n"))
+        .collect();
+    let service_name = if kind == "StatefulSet" {
+        format!("  serviceName: {name}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: {kind}
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+{service_name}  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: http
+        image: {image}
+        imagePullPolicy: Never
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+{env}        ports: [{{containerPort: 8080, name: http}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1, failureThreshold: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports:
+  - {{name: http, port: 80, targetPort: http}}
+"#,
+        image = crate::HTTP_WORKLOAD_IMAGE
+    )
+}
+
+/// An ElastiService for Service `name` and its `kind` target (no triggers).
+pub fn elastiservice(name: &str, kind: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {{name: {name}}}\nspec:\n  service: {name}\n  minTargetReplicas: 1\n  scaleTargetRef: {{apiVersion: apps/v1, kind: {kind}, name: {name}}}\n{extra}"
+    )
+}
+
+/// `.spec.replicas` of `kind/name`.
+pub fn replicas(namespace: &str, kind: &str, name: &str) -> String {
+    kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        &format!("{kind}/{name}"),
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])
+    .unwrap_or_default()
+}
+
+/// Scales `kind/name` to zero and waits until elasti holds its Service (mode `proxy` and
+/// the agent steering connects).
+pub fn scale_to_zero_and_wait_held(namespace: &str, kind: &str, name: &str) -> Result<()> {
+    kubectl(&[
+        "-n",
+        namespace,
+        "scale",
+        &format!("{kind}/{name}"),
+        "--replicas=0",
+    ])?;
+    wait_until("mode proxy", Duration::from_secs(60), || {
+        let mode = kubectl(&[
+            "-n",
+            namespace,
+            "get",
+            &format!("elastiservice/{name}"),
+            "-o",
+            "jsonpath={.status.mode}",
+        ])
+        .ok()?;
+        (mode == "proxy").then_some(())
+    })?;
+    wait_intercepting(namespace, name, 80)
+}
+
+/// A runtime for the scenarios' async clients run on.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+        .block_on(f)
+}
