@@ -1,5 +1,8 @@
 //! `cargo xtask bench`: builds the eBPF object and `elasti-bench` (release) and runs it as
-//! root. Results: `target/bench/results.{json,md}`; the table is printed.
+//! root, then the figures that need the local cluster ([`cluster`]). Results:
+//! `target/bench/results.{json,md}` and `target/bench/cluster.{json,md}`; tables printed.
+mod cluster;
+
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -8,6 +11,9 @@ use crate::{cmd, ebpf, paths};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Rounds of each cluster figure (0 skips the cluster part).
+    #[arg(long, default_value_t = 3)]
+    pub cluster_rounds: usize,
     /// Extra arguments for elasti-bench (e.g. `--held 2000 --rounds 3` for a quick run).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub extra: Vec<String>,
@@ -34,5 +40,20 @@ pub fn run(args: &Args) -> Result<()> {
             .current_dir(paths::repo())
             .args(["--out", "target/bench"])
             .args(&args.extra),
-    )
+    )?;
+    if args.cluster_rounds == 0 {
+        return Ok(());
+    }
+    let (rows, json) = cluster::run(args.cluster_rounds)?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let md = format!(
+        "Cluster figures, {cores} cores, {} rounds each, medians (min/median/max in cluster.json):\n\n| figure | baseline (same run) | elasti | ratio / difference |\n| --- | --- | --- | --- |\n{rows}",
+        args.cluster_rounds
+    );
+    let out = paths::repo().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("cluster.md"), &md)?;
+    std::fs::write(out.join("cluster.json"), serde_json::to_vec_pretty(&json)?)?;
+    println!("\n{md}");
+    Ok(())
 }
