@@ -49,6 +49,64 @@ fn addr(ip: &str, port: u16) -> anyhow::Result<SocketAddr> {
 
 #[test]
 #[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_00_elasti_installs_from_its_helm_chart() {
+    scenario(
+        0,
+        "helm install of deploy/helm/elasti; a cold request is held and answered",
+        || {
+            require_cluster();
+            let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/helm/elasti");
+            let out = std::process::Command::new("helm")
+                .args([
+                    "upgrade",
+                    "--install",
+                    "elasti",
+                    chart,
+                    "--namespace",
+                    "elasti-system",
+                    "--create-namespace",
+                    "--wait",
+                    "--timeout",
+                    "180s",
+                    // The test cluster: images imported, pods under /elasti-e2e.
+                    "--set",
+                    "images.pullPolicy=Never",
+                    "--set",
+                    "agent.cgroupHostPath=/sys/fs/cgroup/unified/elasti-e2e",
+                ])
+                .output()
+                .context("running helm (installed by `cargo xtask setup`)")?;
+            ensure!(
+                out.status.success(),
+                "helm install: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let managed = kubectl(&[
+                "-n",
+                "elasti-system",
+                "get",
+                "daemonset/elasti-agent",
+                "-o",
+                "jsonpath={.metadata.labels.app\\.kubernetes\\.io/managed-by}",
+            ])?;
+            ensure!(managed == "Helm", "installed by the chart: {managed:?}");
+            let ns = TempNamespace::create("e2e-s00")?;
+            let ns = ns.name.as_str();
+            apply(ns, &app("web", "Deployment", 1, &[]))?;
+            apply(ns, &elastiservice("web", "Deployment", ""))?;
+            wait_mode(ns, "web", "serve")?;
+            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
+            let target = addr(&cluster_ip(ns, "web")?, 80)?;
+            let _cg = InPodsCgroup::enter("s00")?;
+            let a = block_on(client::get(target, "/"))?;
+            ensure!(a.status == 200 && a.body.contains("pod=web-"), "{a:?}");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_01_a_request_at_zero_from_a_pod_is_held_and_answered_by_ip_and_dns() {
     scenario(
         1,
@@ -91,7 +149,7 @@ fn scenario_01_a_request_at_zero_from_a_pod_is_held_and_answered_by_ip_and_dns()
 fn scenario_02_bodies_streams_drips_and_headers_survive_a_cold_start() {
     scenario(
         2,
-        "1 MiB body, chunked stream, slow drip (and headers, #10) through a cold start",
+        "1 MiB body, chunked stream, slow drip through a cold start",
         || {
             let ns = setup(
                 "e2e-s02",
@@ -506,6 +564,115 @@ fn scenario_09_a_statefulset_target() {
         ensure!(replicas(ns, "statefulset", "web") == "1");
         Ok(())
     });
+}
+
+#[test]
+#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_10_request_and_response_headers_survive_the_hold() {
+    scenario(
+        10,
+        "custom request headers and the response headers survive the hold",
+        || {
+            let ns = setup(
+                "e2e-s10",
+                &app("web", "Deployment", 1, &[]),
+                &elastiservice("web", "Deployment", ""),
+            )?;
+            let ns = ns.name.as_str();
+            wait_mode(ns, "web", "serve")?;
+            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
+            let target = addr(&cluster_ip(ns, "web")?, 80)?;
+            let _cg = InPodsCgroup::enter("s10")?;
+            let a = block_on(async move {
+                client::Http1::connect(target)
+                    .await?
+                    .send(
+                        "GET",
+                        "/",
+                        &[("x-tenant", "blue"), ("x-request-id", "r-42")],
+                        bytes::Bytes::new(),
+                    )
+                    .await
+            })?;
+            ensure!(a.status == 200, "{a:?}");
+            for (k, v) in [("x-tenant", "blue"), ("x-request-id", "r-42")] {
+                ensure!(
+                    a.headers.get(k).map(|h| h.as_bytes()) == Some(v.as_bytes()),
+                    "{k} reached the pod and came back: {a:?}"
+                );
+            }
+            ensure!(
+                a.headers
+                    .get("x-served-by")
+                    .is_some_and(|h| h.as_bytes().starts_with(b"web-")),
+                "the pod's own response header: {a:?}"
+            );
+            ensure!(
+                a.headers.get("content-type").map(|h| h.as_bytes())
+                    == Some(b"text/plain".as_slice()),
+                "{a:?}"
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_13_an_elastiservice_outside_watch_namespaces_is_ignored() {
+    scenario(
+        13,
+        "WATCH_NAMESPACES: an ElastiService outside it is ignored",
+        || {
+            let inside = setup(
+                "e2e-s13in",
+                &app("web", "Deployment", 1, &[]),
+                &elastiservice("web", "Deployment", ""),
+            )?;
+            let outside = TempNamespace::create("e2e-s13out")?;
+            let (inside, outside) = (inside.name.as_str(), outside.name.as_str());
+            let scope = |value: &str| -> anyhow::Result<()> {
+                kubectl(&[
+                    "-n",
+                    "elasti-system",
+                    "set",
+                    "env",
+                    "deployment/elasti-operator",
+                    &format!("WATCH_NAMESPACES={value}"),
+                ])?;
+                kubectl(&[
+                    "-n",
+                    "elasti-system",
+                    "rollout",
+                    "status",
+                    "deployment/elasti-operator",
+                    "--timeout=120s",
+                ])?;
+                Ok(())
+            };
+            scope(inside)?;
+            let result = (|| -> anyhow::Result<()> {
+                apply(outside, &app("web", "Deployment", 1, &[]))?;
+                apply(outside, &elastiservice("web", "Deployment", ""))?;
+                // A change inside the scope is seen...
+                kubectl(&["-n", inside, "scale", "deployment/web", "--replicas=0"])?;
+                wait_mode(inside, "web", "proxy")?;
+                // ...while the one outside is never touched.
+                std::thread::sleep(Duration::from_secs(5));
+                ensure!(
+                    es_field(outside, "web", "{.metadata.finalizers}").is_empty(),
+                    "no finalizer"
+                );
+                ensure!(
+                    es_field(outside, "web", "{.status}").is_empty(),
+                    "no status"
+                );
+                Ok(())
+            })();
+            scope("")?;
+            result
+        },
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod demo;
 mod e2e;
 mod ebpf;
 mod images;
+mod manifests;
 mod paths;
 mod setup;
 mod test;
@@ -34,6 +35,8 @@ enum Task {
     BuildEbpf(ebpf::Args),
     /// Build OCI image tarballs (no Docker) and, if the cluster is up, import them.
     Images(images::Args),
+    /// Render the Helm chart into deploy/daemonset (and copy the CRD into the chart).
+    Manifests(manifests::Args),
     /// Run the local single-node Kubernetes cluster in its own network namespace.
     Cluster(cluster::Args),
     /// Benchmarks, each against a baseline from the same run (root: real eBPF programs).
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::E2e(args) => e2e::run(&args),
+        Task::Manifests(args) => manifests::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@ pub const ETCD_VERSION: &str = "3.6.16";
 pub const COREDNS_VERSION: &str = "1.14.7";
 /// The pause image tag Kubernetes 1.35 expects.
 pub const PAUSE_VERSION: &str = "3.10.1";
+/// Helm, built from `helm.sh/helm/v3/cmd/helm` on the module proxy.
+pub const HELM_VERSION: &str = "3.22.0";
 /// bpf-linker release known to work with LLVM 22 (design §4).
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The rustup name under which Debian's rustc-web (which ships rust-src) is linked.
@@ -46,6 +48,10 @@ pub fn etcd_bin() -> PathBuf {
 
 pub fn coredns_bin() -> PathBuf {
     cache().join(format!("coredns-v{COREDNS_VERSION}/bin"))
+}
+
+pub fn helm_bin() -> PathBuf {
+    cache().join(format!("helm-v{HELM_VERSION}/bin"))
 }
 
 pub fn pause_bin() -> PathBuf {

@@ -6,7 +6,7 @@ use std::{process::Command, time::Instant};
 
 use anyhow::Result;
 
-use crate::{cluster, cmd, ebpf, images, paths, setup};
+use crate::{cluster, cmd, ebpf, images, manifests, paths, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,6 +51,9 @@ fn run_suites(args: &Args, tally: &mut cmd::Tally) -> Result<()> {
             })
         })?;
     }
+    timed("manifests up to date", &mut || {
+        manifests::run(&manifests::Args { check: true })
+    })?;
     timed("build-ebpf", &mut ebpf::build)?;
     timed("unit and root suites", &mut || {
         cmd::run_tests(

@@ -21,6 +21,8 @@ use crate::{cluster, cmd, images, paths};
 const NS: &str = "elasti-bench";
 const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
 const PKI: &str = "/var/lib/elasti-e2e/pki";
+/// Quiet time before each measurement.
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// One wrk run.
 #[derive(Clone, Copy, Debug, Default)]
@@ -232,11 +234,27 @@ spec:
     let p = cmd::Progress::start(format!(
         "warm overhead: {rounds} rounds x 2 x {secs}s of wrk"
     ));
-    for _ in 0..rounds {
-        base.push(wrk(&url, secs)?);
-        install_elasti()?;
-        with.push(wrk(&url, secs)?);
-        uninstall_elasti()?;
+    // ABBA order, and a settle period after each install (pods starting, probes) so
+    // neither side is measured while the other's setup still runs.
+    for round in 0..rounds {
+        let measure_base = |base: &mut Vec<Wrk>| -> Result<()> {
+            std::thread::sleep(SETTLE);
+            base.push(wrk(&url, secs)?);
+            Ok(())
+        };
+        if round % 2 == 0 {
+            measure_base(&mut base)?;
+            install_elasti()?;
+            std::thread::sleep(SETTLE);
+            with.push(wrk(&url, secs)?);
+            uninstall_elasti()?;
+        } else {
+            install_elasti()?;
+            std::thread::sleep(SETTLE);
+            with.push(wrk(&url, secs)?);
+            uninstall_elasti()?;
+            measure_base(&mut base)?;
+        }
     }
     p.done();
 

@@ -11,6 +11,9 @@ use crate::{cmd, ebpf, paths};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Only the cluster figures (skip elasti-bench's local ones).
+    #[arg(long, default_value_t = false)]
+    pub cluster_only: bool,
     /// Rounds of each cluster figure (0 skips the cluster part).
     #[arg(long, default_value_t = 3)]
     pub cluster_rounds: usize,
@@ -24,6 +27,17 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("bench: the connect() figures attach real eBPF programs; run as root");
     }
     ebpf::build()?;
+    if !args.cluster_only {
+        local(args)?;
+    }
+    if args.cluster_rounds == 0 {
+        return Ok(());
+    }
+    cluster_figures(args)
+}
+
+/// elasti-bench: the figures measured without the cluster.
+fn local(args: &Args) -> Result<()> {
     cmd::run(
         "build elasti-bench",
         Command::new("cargo").current_dir(paths::repo()).args([
@@ -40,10 +54,10 @@ pub fn run(args: &Args) -> Result<()> {
             .current_dir(paths::repo())
             .args(["--out", "target/bench"])
             .args(&args.extra),
-    )?;
-    if args.cluster_rounds == 0 {
-        return Ok(());
-    }
+    )
+}
+
+fn cluster_figures(args: &Args) -> Result<()> {
     let (rows, json) = cluster::run(args.cluster_rounds)?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let md = format!(

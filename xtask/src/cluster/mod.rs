@@ -82,12 +82,13 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// A command that runs inside the cluster's network namespace as the cluster admin, with
-/// the cluster's binaries first on PATH.
+/// the cluster's binaries (and Helm) first on PATH.
 pub fn in_cluster(program: &str) -> Command {
     let mut c = Command::new("nsenter");
     let path = format!(
-        "{}:{}",
+        "{}:{}:{}",
         paths::kubernetes_bin().display(),
+        paths::helm_bin().display(),
         std::env::var("PATH").unwrap_or_default()
     );
     c.arg(format!("--net={}", net::netns_path()))

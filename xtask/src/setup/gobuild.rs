@@ -54,7 +54,7 @@ pub fn ensure_go() -> Result<()> {
 
 /// Everything this project builds with Go, in build order.
 pub fn programs() -> Result<Vec<GoProgram>> {
-    Ok(vec![kubernetes()?, etcd(), coredns()])
+    Ok(vec![kubernetes()?, etcd(), coredns(), helm()])
 }
 
 fn program(name: &'static str, version: &str, bin: PathBuf) -> GoProgram {
@@ -180,6 +180,21 @@ fn etcd() -> GoProgram {
         "// etcd's own main, from go.etcd.io/etcd/server/v3/etcdmain.\npackage main\n\nimport (\n\t\"os\"\n\n\t\"go.etcd.io/etcd/server/v3/etcdmain\"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n".into(),
     ));
     p.packages = vec![".".into()];
+    p
+}
+
+fn helm() -> GoProgram {
+    let v = paths::HELM_VERSION;
+    let mut p = program("helm", v, paths::helm_bin());
+    p.outputs = vec!["helm"];
+    p.go_mod =
+        format!("module elasti.local/build/helm\n\ngo 1.25.0\n\nrequire helm.sh/helm/v3 v{v}\n");
+    p.files.push((
+        "tools.go",
+        "//go:build tools\n\npackage tools\n\nimport _ \"helm.sh/helm/v3/cmd/helm\"\n".into(),
+    ));
+    p.packages = vec!["helm.sh/helm/v3/cmd/helm".into()];
+    p.ldflags = format!("-s -w -X 'helm.sh/helm/v3/internal/version.version=v{v}'");
     p
 }
 
