@@ -47,6 +47,24 @@ fn addr(ip: &str, port: u16) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip.parse()?, port))
 }
 
+/// Workload `web` of `kind` (with `env`) and its ElastiService, warm first, then scaled to
+/// zero and held by the agent: its namespace, and the ClusterIP address to call.
+fn held_web(
+    prefix: &str,
+    kind: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(TempNamespace, SocketAddr)> {
+    let ns = setup(
+        prefix,
+        &app("web", kind, 1, env),
+        &elastiservice("web", kind, ""),
+    )?;
+    wait_mode(&ns.name, "web", "serve")?;
+    scale_to_zero_and_wait_held(&ns.name, &kind.to_lowercase(), "web")?;
+    let target = addr(&cluster_ip(&ns.name, "web")?, 80)?;
+    Ok((ns, target))
+}
+
 #[test]
 #[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_00_elasti_installs_from_its_helm_chart() {
@@ -151,15 +169,7 @@ fn scenario_02_bodies_streams_drips_and_headers_survive_a_cold_start() {
         2,
         "1 MiB body, chunked stream, slow drip through a cold start",
         || {
-            let ns = setup(
-                "e2e-s02",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
-            let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            let target = addr(&cluster_ip(ns, "web")?, 80)?;
+            let (_ns, target) = held_web("e2e-s02", "Deployment", &[])?;
             let _cg = InPodsCgroup::enter("s02")?;
             let (big, stream, drip, headers) = block_on(async move {
                 tokio::join!(
@@ -522,15 +532,7 @@ fn scenario_08_a_running_but_unready_pod_keeps_requests_held_until_ready() {
         8,
         "Running-not-Ready pod: requests held until Ready",
         || {
-            let ns = setup(
-                "e2e-s08",
-                &app("web", "Deployment", 1, &[("READY_AFTER_MS", "6000")]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
-            let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            let target = addr(&cluster_ip(ns, "web")?, 80)?;
+            let (_ns, target) = held_web("e2e-s08", "Deployment", &[("READY_AFTER_MS", "6000")])?;
             let _cg = InPodsCgroup::enter("s08")?;
             let start = Instant::now();
             let a = block_on(client::get(target, "/"))?;
@@ -549,15 +551,8 @@ fn scenario_08_a_running_but_unready_pod_keeps_requests_held_until_ready() {
 #[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_09_a_statefulset_target() {
     scenario(9, "StatefulSet target: held and answered", || {
-        let ns = setup(
-            "e2e-s09",
-            &app("web", "StatefulSet", 1, &[]),
-            &elastiservice("web", "StatefulSet", ""),
-        )?;
+        let (ns, target) = held_web("e2e-s09", "StatefulSet", &[])?;
         let ns = ns.name.as_str();
-        wait_mode(ns, "web", "serve")?;
-        scale_to_zero_and_wait_held(ns, "statefulset", "web")?;
-        let target = addr(&cluster_ip(ns, "web")?, 80)?;
         let _cg = InPodsCgroup::enter("s09")?;
         let a = block_on(client::get(target, "/"))?;
         ensure!(a.status == 200 && a.body.contains("pod=web-0"), "{a:?}");
@@ -573,15 +568,7 @@ fn scenario_10_request_and_response_headers_survive_the_hold() {
         10,
         "custom request headers and the response headers survive the hold",
         || {
-            let ns = setup(
-                "e2e-s10",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
-            let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            let target = addr(&cluster_ip(ns, "web")?, 80)?;
+            let (_ns, target) = held_web("e2e-s10", "Deployment", &[])?;
             let _cg = InPodsCgroup::enter("s10")?;
             let a = block_on(async move {
                 client::Http1::connect(target)
@@ -679,15 +666,8 @@ fn scenario_13_an_elastiservice_outside_watch_namespaces_is_ignored() {
 #[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_11_a_keep_alive_connection_keeps_working_across_proxy_to_serve() {
     scenario(11, "keep-alive connection across proxy -> serve", || {
-        let ns = setup(
-            "e2e-s11",
-            &app("web", "Deployment", 1, &[]),
-            &elastiservice("web", "Deployment", ""),
-        )?;
+        let (ns, target) = held_web("e2e-s11", "Deployment", &[])?;
         let ns = ns.name.as_str();
-        wait_mode(ns, "web", "serve")?;
-        scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-        let target = addr(&cluster_ip(ns, "web")?, 80)?;
         let _cg = InPodsCgroup::enter("s11")?;
         let ns2 = ns.to_string();
         block_on(async move {
@@ -803,15 +783,7 @@ fn scenario_14_five_hundred_concurrent_requests_in_one_cold_start() {
         14,
         "500 concurrent requests during one cold start: all answered",
         || {
-            let ns = setup(
-                "e2e-s14",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
-            let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            let target = addr(&cluster_ip(ns, "web")?, 80)?;
+            let (_ns, target) = held_web("e2e-s14", "Deployment", &[])?;
             let _cg = InPodsCgroup::enter("s14")?;
             let start = Instant::now();
             let results = block_on(async move {
@@ -869,15 +841,7 @@ fn scenario_16_an_agent_rolling_update_in_proxy_mode_fails_no_request() {
         16,
         "agent rolling update in proxy mode under a request stream: no failure",
         || {
-            let ns = setup(
-                "e2e-s16",
-                &app("web", "Deployment", 1, &[("READY_AFTER_MS", "8000")]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
-            let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            let target = addr(&cluster_ip(ns, "web")?, 80)?;
+            let (_ns, target) = held_web("e2e-s16", "Deployment", &[("READY_AFTER_MS", "8000")])?;
             let _cg = InPodsCgroup::enter("s16")?;
             let restarted = std::thread::spawn(|| {
                 kubectl(&[
@@ -935,15 +899,8 @@ fn scenario_17_the_wake_completes_when_the_operator_is_killed_after_the_first_he
         17,
         "operator pods killed right after the first held request: wake completes",
         || {
-            let ns = setup(
-                "e2e-s17",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let (ns, target) = held_web("e2e-s17", "Deployment", &[])?;
             let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            let target = addr(&cluster_ip(ns, "web")?, 80)?;
             let _cg = InPodsCgroup::enter("s17")?;
             let held = format!(r#"elasti_agent_held{{namespace="{ns}",service="web",port="80"}}"#);
             let answer = block_on(async move {

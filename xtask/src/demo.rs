@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::{cluster, cmd, ebpf, images, paths, setup};
+use crate::{cluster, cmd, ebpf, images, paths, sample, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,24 +36,7 @@ pub fn run(args: &Args) -> Result<()> {
     cluster::up()?;
 
     let p = cmd::Progress::start("install elasti (kubectl apply -k deploy/local)");
-    let local = paths::repo().join("deploy/local");
-    cmd::run(
-        "install elasti",
-        cluster::kubectl().args(["apply", "-k", &local.display().to_string()]),
-    )?;
-    for what in ["daemonset/elasti-agent", "deployment/elasti-operator"] {
-        cmd::run(
-            "rollout",
-            cluster::kubectl().args([
-                "-n",
-                "elasti-system",
-                "rollout",
-                "status",
-                what,
-                "--timeout=180s",
-            ]),
-        )?;
-    }
+    sample::install_elasti()?;
     p.done();
 
     let p = cmd::Progress::start("start Prometheus (scrapes the demo pods every 2s)");
@@ -219,35 +202,7 @@ fn scrape_web_pods() -> Result<()> {
 fn demo_manifest(cooldown: u32) -> String {
     let image = images::reference("elasti-http-workload");
     format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata: {{name: {NAMESPACE}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {NAMESPACE}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: http
-        image: {image}
-        imagePullPolicy: Never
-        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
-        ports: [{{containerPort: 8080, name: http}}]
-        readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: {NAMESPACE}}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
+        r#"{web}---
 apiVersion: elasti.truefoundry.com/v1alpha1
 kind: ElastiService
 metadata: {{name: web, namespace: {NAMESPACE}}}
@@ -274,7 +229,8 @@ spec:
     image: {image}
     imagePullPolicy: Never
     env: [{{name: LISTEN, value: "127.0.0.1:18080"}}]
-"#
+"#,
+        web = sample::web(NAMESPACE)
     )
 }
 

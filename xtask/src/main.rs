@@ -14,6 +14,7 @@ mod ebpf;
 mod images;
 mod manifests;
 mod paths;
+mod sample;
 mod setup;
 mod test;
 

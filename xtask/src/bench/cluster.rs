@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::{cluster, cmd, images, paths};
+use crate::{cluster, cmd, images, paths, sample};
 
 const NS: &str = "elasti-bench";
 const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
@@ -83,18 +83,7 @@ fn parse_wrk(url: &str, out: &str) -> Result<Wrk> {
 }
 
 fn install_elasti() -> Result<()> {
-    let local = paths::repo().join("deploy/local");
-    kubectl(&["apply", "-k", &local.display().to_string()])?;
-    for what in ["daemonset/elasti-agent", "deployment/elasti-operator"] {
-        kubectl(&[
-            "-n",
-            "elasti-system",
-            "rollout",
-            "status",
-            what,
-            "--timeout=180s",
-        ])?;
-    }
+    sample::install_elasti()?;
     cluster::apply(&format!(
         "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {{name: web, namespace: {NS}}}\nspec:\n  service: web\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n"
     ))?;
@@ -179,36 +168,7 @@ pub fn run(rounds: usize) -> Result<(String, serde_json::Value)> {
 }
 
 fn measure(rounds: usize) -> Result<(String, serde_json::Value)> {
-    let image = images::reference("elasti-http-workload");
-    cluster::apply(&format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata: {{name: {NS}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-      - name: http
-        image: {image}
-        imagePullPolicy: Never
-        ports: [{{containerPort: 8080, name: http}}]
-        readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"#
-    ))?;
+    cluster::apply(&sample::web(NS))?;
     kubectl(&[
         "-n",
         NS,
