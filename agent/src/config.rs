@@ -82,22 +82,9 @@ pub struct Args {
     )]
     pub token_path: PathBuf,
 
-    /// Namespaces whose ElastiServices are acted on (comma-separated); empty: all.
-    #[arg(
-        long,
-        env = "WATCH_NAMESPACES",
-        default_value = "",
-        value_delimiter = ','
-    )]
-    pub watch_namespaces: Vec<String>,
-
-    /// A YAML file of flag values (`flag-name: value`); flags given on the command line win.
-    #[arg(long, env = "ELASTI_CONFIG", default_value = "")]
-    pub config: String,
-
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "ELASTI_LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
+    /// `--watch-namespaces`, `--config`, `--log-json`.
+    #[command(flatten)]
+    pub common: elasti_runtime::config_file::CommonArgs,
 }
 
 pub use elasti_runtime::config_file::Error;
@@ -109,7 +96,7 @@ impl Args {
     /// # Errors
     /// When the file can't be read or parsed, or a flag is invalid.
     pub fn load(argv: Vec<String>) -> Result<Self, Error> {
-        elasti_runtime::config_file::load(argv, |a: &Self| a.config.as_str())
+        elasti_runtime::config_file::load(argv, |a: &Self| a.common.config.as_str())
     }
 
     pub fn limits(&self) -> Limits {
@@ -117,11 +104,6 @@ impl Args {
             max_held: self.max_held,
             deadline: std::time::Duration::from_secs(self.hold_timeout_secs),
         }
-    }
-
-    /// The namespaces to watch, `None` for all.
-    pub fn namespaces(&self) -> Option<Vec<String>> {
-        elasti_runtime::config_file::namespaces(&self.watch_namespaces)
     }
 }
 
@@ -151,10 +133,10 @@ mod tests {
         assert_eq!(args.max_held, 7, "the command line wins");
         assert_eq!(args.hold_timeout_secs, 60, "the file fills in");
         assert_eq!(
-            args.namespaces(),
+            args.common.namespaces(),
             Some(vec!["a".to_string(), "b".to_string()])
         );
-        assert!(args.log_json);
+        assert!(args.common.log_json);
         std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
     }
 }

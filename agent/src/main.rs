@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
         Err(elasti_agent::config::Error::Flags(e)) => e.exit(),
         Err(e) => return Err(e.into()),
     };
-    elasti_runtime::init_tracing(args.log_json);
+    elasti_runtime::init_tracing(args.common.log_json);
     elasti_agent::run::run(args).await?;
     Ok(())
 }

@@ -128,7 +128,7 @@ pub async fn run_until(
     tracing::info!(cgroup = %cgroup.display(), proxy = %args.proxy_address, "eBPF programs attached");
 
     let client = Client::try_default().await.map_err(Error::Client)?;
-    let (es_store, es_events) = reflect::<ElastiService>(&client, args.namespaces());
+    let (es_store, es_events) = reflect::<ElastiService>(&client, args.common.namespaces());
     let (svc_store, svc_events) = reflect::<Service>(&client, None);
     let (eps_store, eps_events) = reflect::<EndpointSlice>(&client, None);
     // Each watch runs on its own task and pokes the loop below on every change.

@@ -37,15 +37,6 @@ pub struct Args {
     #[arg(long, env = "ELASTI_PROMETHEUS_TIMEOUT_SECS", default_value_t = 5)]
     pub prometheus_timeout_secs: u64,
 
-    /// Namespaces whose ElastiServices are managed (comma-separated); empty: all.
-    #[arg(
-        long,
-        env = "WATCH_NAMESPACES",
-        default_value = "",
-        value_delimiter = ','
-    )]
-    pub watch_namespaces: Vec<String>,
-
     /// Namespace of the agent DaemonSet (its pods are the fallback slice's endpoints, and
     /// its ServiceAccount is the only caller allowed to wake).
     #[arg(long, env = "ELASTI_AGENT_NAMESPACE", default_value = "elasti-system")]
@@ -96,13 +87,9 @@ pub struct Args {
     #[arg(long, env = "ELASTI_RETRY_PERIOD_SECS", default_value_t = 2)]
     pub retry_period_secs: u64,
 
-    /// A YAML file of flag values (`flag-name: value`); flags given on the command line win.
-    #[arg(long, env = "ELASTI_CONFIG", default_value = "")]
-    pub config: String,
-
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "ELASTI_LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
+    /// `--watch-namespaces`, `--config`, `--log-json`.
+    #[command(flatten)]
+    pub common: elasti_runtime::config_file::CommonArgs,
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -125,12 +112,7 @@ impl Args {
     /// # Errors
     /// When the file can't be read or parsed, or a flag is invalid.
     pub fn load(argv: Vec<String>) -> Result<Self, Error> {
-        elasti_runtime::config_file::load(argv, |a: &Self| a.config.as_str())
-    }
-
-    /// The namespaces to manage, `None` for all.
-    pub fn namespaces(&self) -> Option<Vec<String>> {
-        elasti_runtime::config_file::namespaces(&self.watch_namespaces)
+        elasti_runtime::config_file::load(argv, |a: &Self| a.common.config.as_str())
     }
 
     /// The Lease identity.
@@ -164,6 +146,6 @@ mod tests {
         let a = Args::parse_from(["elasti-operator"]);
         assert_eq!(a.proxy_ports, 24000..=27999);
         assert!(a.leader_elect);
-        assert_eq!(a.namespaces(), None);
+        assert_eq!(a.common.namespaces(), None);
     }
 }

@@ -74,7 +74,7 @@ pub async fn run_until(
         }
     });
 
-    let (store, events) = reflect::<ElastiService>(&client, args.namespaces());
+    let (store, events) = reflect::<ElastiService>(&client, args.common.namespaces());
     let reflector_task = tokio::spawn(events.for_each(|()| async {}));
     // The one waiter on the store: its readiness future wakes only its last poller.
     let (synced_tx, synced_rx) = watch::channel(false);
@@ -145,7 +145,7 @@ pub async fn run_until(
 
     let settings = Settings {
         poll_interval: args.poll_interval(),
-        namespaces: args.namespaces(),
+        namespaces: args.common.namespaces(),
         agents: Agents {
             namespace: args.agent_namespace.clone(),
             selector: args.agent_selector.clone(),

@@ -80,6 +80,35 @@ pub fn load<P: Parser>(argv: Vec<String>, config_of: impl Fn(&P) -> &str) -> Res
     Ok(P::try_parse_from(merged)?)
 }
 
+/// The flags every elasti binary has: its namespace scope, its `--config` file, and the
+/// log format. Binaries embed them with `#[command(flatten)]`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CommonArgs {
+    /// Namespaces whose ElastiServices are acted on (comma-separated); empty: all.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
+
+    /// A YAML file of flag values (`flag-name: value`); flags given on the command line win.
+    #[arg(long, env = "ELASTI_CONFIG", default_value = "")]
+    pub config: String,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ELASTI_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl CommonArgs {
+    /// The namespaces to watch, `None` for all.
+    pub fn namespaces(&self) -> Option<Vec<String>> {
+        namespaces(&self.watch_namespaces)
+    }
+}
+
 /// Splits a comma-separated namespace list (`WATCH_NAMESPACES`) into `None` for all.
 pub fn namespaces(list: &[String]) -> Option<Vec<String>> {
     let ns: Vec<String> = list.iter().filter(|n| !n.is_empty()).cloned().collect();
