@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{get_from_netns, kubectl, wait_until};
+use crate::{jsonpath, kubectl, wait_until};
 
 /// The pods' cgroup subtree in the local cluster (kubelet's cgroupRoot on the v2 mount).
 pub const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
@@ -37,12 +37,7 @@ pub fn install_elasti() -> Result<()> {
 
 /// The first agent metric line starting with `prefix`, its value.
 pub fn agent_metric(prefix: &str) -> Option<f64> {
-    get_from_netns(AGENT_ADMIN, "/metrics", Duration::from_secs(2))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    crate::metric_value(AGENT_ADMIN, prefix)
 }
 
 /// Waits until the agent steers connects to `namespace/service:port` to itself.
@@ -200,15 +195,7 @@ pub fn elastiservice(name: &str, kind: &str, extra: &str) -> String {
 
 /// `.spec.replicas` of `kind/name`.
 pub fn replicas(namespace: &str, kind: &str, name: &str) -> String {
-    kubectl(&[
-        "-n",
-        namespace,
-        "get",
-        &format!("{kind}/{name}"),
-        "-o",
-        "jsonpath={.spec.replicas}",
-    ])
-    .unwrap_or_default()
+    jsonpath(namespace, &format!("{kind}/{name}"), "{.spec.replicas}")
 }
 
 /// Scales `kind/name` to zero and waits until elasti holds its Service (mode `proxy` and
@@ -222,16 +209,12 @@ pub fn scale_to_zero_and_wait_held(namespace: &str, kind: &str, name: &str) -> R
         "--replicas=0",
     ])?;
     wait_until("mode proxy", Duration::from_secs(60), || {
-        let mode = kubectl(&[
-            "-n",
+        (jsonpath(
             namespace,
-            "get",
             &format!("elastiservice/{name}"),
-            "-o",
-            "jsonpath={.status.mode}",
-        ])
-        .ok()?;
-        (mode == "proxy").then_some(())
+            "{.status.mode}",
+        ) == "proxy")
+            .then_some(())
     })?;
     wait_intercepting(namespace, name, 80)
 }

@@ -200,6 +200,20 @@ spec:
     )
 }
 
+/// `{path}` of `what` (`kind/name`) in `namespace`, as `kubectl get -o jsonpath` prints
+/// it; empty when it cannot be read.
+pub fn jsonpath(namespace: &str, what: &str, path: &str) -> String {
+    kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        what,
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+    .unwrap_or_default()
+}
+
 /// The ClusterIP of Service `name` in `namespace`.
 pub fn cluster_ip(namespace: &str, name: &str) -> Result<String> {
     kubectl(&[
@@ -259,6 +273,21 @@ pub fn get_from_client_pod(namespace: &str, url: &str, timeout_secs: u32) -> Res
         &timeout_secs.to_string(),
         url,
     ])
+}
+
+/// The `/metrics` text of the admin server at `admin` (empty if it does not answer).
+pub fn metrics_text(admin: &str) -> String {
+    get_from_netns(admin, "/metrics", Duration::from_secs(2)).unwrap_or_default()
+}
+
+/// The value of the first metric line at `admin` that starts with `prefix` (labels
+/// included).
+pub fn metric_value(admin: &str, prefix: &str) -> Option<f64> {
+    metrics_text(admin)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `GET path` over a plain TCP connection from this process (inside the cluster netns).

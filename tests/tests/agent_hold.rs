@@ -4,11 +4,7 @@
 //! when the Deployment is scaled up — the EndpointSlice watch releases it. The operator is
 //! not part of this suite: the test plays its part (proxy-port allocation in the status,
 //! and the scale-up) and checks that the agent asked for the wake.
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{net::TcpStream, time::Duration};
 
 use clap::Parser;
 use elasti_e2e::*;
@@ -18,28 +14,6 @@ const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
 /// The agent's default proxy address.
 const PROXY_IP: &str = "169.254.20.11";
 const ADMIN: &str = "127.0.0.1:19090";
-
-fn metrics() -> String {
-    let Ok(mut s) = TcpStream::connect(ADMIN) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-/// The value of the first metric line starting with `prefix` (labels included).
-fn metric(prefix: &str) -> Option<f64> {
-    metrics()
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[test]
 #[ignore = "needs the local cluster: run with `cargo xtask test`"]
@@ -101,7 +75,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         }))
     });
     wait_until("agent ready", Duration::from_secs(30), || {
-        metrics().contains("# EOF").then_some(())
+        metrics_text(ADMIN).contains("# EOF").then_some(())
     })?;
     // Wait for the agent to hold the port (listener up and map entry in).
     wait_until(
@@ -120,9 +94,10 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
     });
     let cold_dns = std::thread::spawn(move || get_from_client_pod(&ns_owned, &url_dns, 90));
     wait_until("two requests held", Duration::from_secs(30), || {
-        metric(&format!(
-            "elasti_agent_held{{namespace=\"{ns}\",service=\"web\",port=\"80\"}}"
-        ))
+        metric_value(
+            ADMIN,
+            &format!("elasti_agent_held{{namespace=\"{ns}\",service=\"web\",port=\"80\"}}"),
+        )
         .filter(|v| *v >= 2.0)
     })?;
     kubectl(&["-n", ns, "scale", "deploy/web", "--replicas=1"])?;
@@ -142,13 +117,19 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         by_dns.contains(&format!("pod={}", pods[0])),
         "held by DNS name too: {by_dns}"
     );
-    let forwarded = metric(&format!(
-        "elasti_agent_outcomes_total{{namespace=\"{ns}\",service=\"web\",port=\"80\",protocol=\"Http1\",outcome=\"ForwardedAfterHold\"}}"
-    ));
+    let forwarded = metric_value(
+        ADMIN,
+        &format!(
+            "elasti_agent_outcomes_total{{namespace=\"{ns}\",service=\"web\",port=\"80\",protocol=\"Http1\",outcome=\"ForwardedAfterHold\"}}"
+        ),
+    );
     assert_eq!(forwarded, Some(2.0), "both counted as held then forwarded");
-    let wakes = metric(&format!(
-        "elasti_agent_wake_requests_total{{namespace=\"{ns}\",service=\"web\",result=\"Unreachable\"}}"
-    ));
+    let wakes = metric_value(
+        ADMIN,
+        &format!(
+            "elasti_agent_wake_requests_total{{namespace=\"{ns}\",service=\"web\",result=\"Unreachable\"}}"
+        ),
+    );
     assert!(
         wakes.is_some_and(|w| w >= 1.0),
         "the agent asked for the wake"
@@ -158,10 +139,10 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         "elasti_agent_ebpf_connects_steered_total{{namespace=\"{ns}\",service=\"web\",port=\"80\"}}"
     );
     let exported = wait_until("steered connects exported", Duration::from_secs(20), || {
-        metric(&steered).filter(|v| *v >= 2.0)
+        metric_value(ADMIN, &steered).filter(|v| *v >= 2.0)
     });
     if exported.is_err() {
-        let all = metrics();
+        let all = metrics_text(ADMIN);
         let ebpf: Vec<&str> = all.lines().filter(|l| l.contains("ebpf")).collect();
         panic!("steered connects not exported; eBPF metrics: {ebpf:#?}");
     }
@@ -174,9 +155,12 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         || get_from_client_pod(ns, &format!("http://{cluster_ip}/"), 5).ok(),
     )?;
     assert!(warm.contains(&format!("pod={}", pods[0])));
-    let after = metric(&format!(
-        "elasti_agent_outcomes_total{{namespace=\"{ns}\",service=\"web\",port=\"80\",protocol=\"Http1\",outcome=\"Forwarded\"}}"
-    ));
+    let after = metric_value(
+        ADMIN,
+        &format!(
+            "elasti_agent_outcomes_total{{namespace=\"{ns}\",service=\"web\",port=\"80\",protocol=\"Http1\",outcome=\"Forwarded\"}}"
+        ),
+    );
     assert_eq!(
         after.unwrap_or(0.0),
         0.0,

@@ -26,15 +26,7 @@ fn setup(prefix: &str, manifest: &str, es: &str) -> anyhow::Result<TempNamespace
 }
 
 fn es_field(ns: &str, name: &str, path: &str) -> String {
-    kubectl(&[
-        "-n",
-        ns,
-        "get",
-        &format!("elastiservice/{name}"),
-        "-o",
-        &format!("jsonpath={path}"),
-    ])
-    .unwrap_or_default()
+    jsonpath(ns, &format!("elastiservice/{name}"), path)
 }
 
 fn wait_mode(ns: &str, name: &str, mode: &str) -> anyhow::Result<()> {

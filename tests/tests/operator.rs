@@ -12,35 +12,30 @@ use elasti_e2e::{
     *,
 };
 
-fn get(ns: &str, what: &str, path: &str) -> String {
-    kubectl(&["-n", ns, "get", what, "-o", &format!("jsonpath={path}")]).unwrap_or_default()
-}
-
 fn wait_for(ns: &str, what: &str, path: &str, want: &str, timeout: Duration) -> anyhow::Result<()> {
     wait_until(
         &format!("{what} {path} == {want:?} in {ns}"),
         timeout,
-        || (get(ns, what, path) == want).then_some(()),
+        || (jsonpath(ns, what, path) == want).then_some(()),
     )
-    .map_err(|e| anyhow::anyhow!("{e}; last value {:?}", get(ns, what, path)))
+    .map_err(|e| anyhow::anyhow!("{e}; last value {:?}", jsonpath(ns, what, path)))
 }
 
 fn replicas(ns: &str, deploy: &str) -> String {
-    get(ns, &format!("deployment/{deploy}"), "{.spec.replicas}")
+    elasti_e2e::e2e::replicas(ns, "deployment", deploy)
 }
 
 fn condition(ns: &str, es: &str, type_: &str, field: &str) -> String {
-    get(
+    jsonpath(
         ns,
         &format!("elastiservice/{es}"),
         &format!("{{.status.conditions[?(@.type==\"{type_}\")].{field}}}"),
     )
 }
 
+/// An ElastiService for Service `name` and the Deployment of the same name.
 fn elastiservice(name: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {{name: {name}}}\nspec:\n  service: {name}\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: {name}}}\n{extra}"
-    )
+    elasti_e2e::e2e::elastiservice(name, "Deployment", extra)
 }
 
 fn prometheus_trigger(url: &str, cooldown: u32) -> String {
@@ -98,7 +93,7 @@ fn lifecycle_mode_fallback_slice_scoping_and_deletion_at_zero() -> anyhow::Resul
         "client",
         "app.kubernetes.io/name=elasti-agent",
     ])?;
-    let client_ip = get(ns, "pod/client", "{.status.podIP}");
+    let client_ip = jsonpath(ns, "pod/client", "{.status.podIP}");
     // Out of WATCH_NAMESPACES: applied first, so it would be reconciled first if seen.
     apply(other, &elastiservice("web", ""))?;
     let op = Scoped {
@@ -110,12 +105,12 @@ fn lifecycle_mode_fallback_slice_scoping_and_deletion_at_zero() -> anyhow::Resul
     let es = "elastiservice/web";
     wait_for(ns, es, "{.status.mode}", "serve", Duration::from_secs(90))?;
     assert_eq!(
-        get(ns, es, "{.metadata.finalizers[0]}"),
+        jsonpath(ns, es, "{.metadata.finalizers[0]}"),
         "elasti.truefoundry.com/finalizer"
     );
-    let proxy_port: u16 = get(ns, es, "{.status.proxyPorts[0].proxyPort}").parse()?;
+    let proxy_port: u16 = jsonpath(ns, es, "{.status.proxyPorts[0].proxyPort}").parse()?;
     assert!((24000..=27999).contains(&proxy_port), "{proxy_port}");
-    assert_eq!(get(ns, es, "{.status.proxyPorts[0].name}"), "http");
+    assert_eq!(jsonpath(ns, es, "{.status.proxyPorts[0].name}"), "http");
     assert_eq!(condition(ns, "web", "Ready", "status"), "True");
     assert_eq!(condition(ns, "web", "ScaledToZero", "reason"), "NoTriggers");
     assert!(
@@ -134,8 +129,11 @@ fn lifecycle_mode_fallback_slice_scoping_and_deletion_at_zero() -> anyhow::Resul
         Duration::from_secs(20),
     )?;
     let slice = "endpointslice/web-elasti-ipv4";
-    assert_eq!(get(ns, slice, "{.ports[0].port}"), proxy_port.to_string());
-    assert_eq!(get(ns, slice, "{.ports[0].name}"), "http");
+    assert_eq!(
+        jsonpath(ns, slice, "{.ports[0].port}"),
+        proxy_port.to_string()
+    );
+    assert_eq!(jsonpath(ns, slice, "{.ports[0].name}"), "http");
     assert_eq!(
         condition(ns, "web", "ScaledToZero", "status"),
         "True",
@@ -143,8 +141,8 @@ fn lifecycle_mode_fallback_slice_scoping_and_deletion_at_zero() -> anyhow::Resul
     );
 
     // The out-of-scope ElastiService was never touched.
-    assert_eq!(get(other, es, "{.metadata.finalizers}"), "");
-    assert_eq!(get(other, es, "{.status}"), "");
+    assert_eq!(jsonpath(other, es, "{.metadata.finalizers}"), "");
+    assert_eq!(jsonpath(other, es, "{.status}"), "");
 
     // Deleting it at zero scales the target back up and removes what elasti made.
     kubectl(&["-n", ns, "delete", "elastiservice", "web", "--wait=false"])?;
@@ -189,7 +187,7 @@ fn services_and_elastiservices(count: usize) -> String {
 }
 
 fn allocated(ns: &str) -> Vec<(String, String)> {
-    let out = get(
+    let out = jsonpath(
         ns,
         "elastiservices",
         r#"{range .items[*]}{.metadata.name}={.status.proxyPorts[*].proxyPort}{"\n"}{end}"#,
@@ -386,7 +384,7 @@ fn prometheus_drives_scale_down_after_cooldown_and_never_while_down() -> anyhow:
         Duration::from_secs(20),
     )?;
     assert_ne!(
-        get(ns, "elastiservice/web", "{.status.lastScaledUpTime}"),
+        jsonpath(ns, "elastiservice/web", "{.status.lastScaledUpTime}"),
         ""
     );
     Ok(())
@@ -454,7 +452,7 @@ fn wake_is_authenticated_and_scales_up() -> anyhow::Result<()> {
         "scaled by the time 202 is answered"
     );
     assert_ne!(
-        get(ns, "elastiservice/web", "{.status.lastScaledUpTime}"),
+        jsonpath(ns, "elastiservice/web", "{.status.lastScaledUpTime}"),
         ""
     );
     let (c, resp) = o.wake(Some(&agent), &body)?;
@@ -544,7 +542,7 @@ fn keda_is_paused_at_zero_and_resumed_and_an_hpa_does_not_fight() -> anyhow::Res
         Duration::from_secs(30),
     )?;
     assert_eq!(
-        get(ns, "scaledobject/web-so", paused),
+        jsonpath(ns, "scaledobject/web-so", paused),
         "0",
         "paused before the scale-down"
     );
