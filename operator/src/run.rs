@@ -165,21 +165,13 @@ pub async fn run_until(
         if synced_rx.clone().wait_for(|s| *s).await.is_err() {
             break;
         }
+        let elastiservices = store.state();
         let book = PortBook::from_statuses(
             args.proxy_ports.clone(),
-            store
-                .state()
-                .iter()
-                .filter_map(|es| {
-                    let status = es.status.as_ref()?;
-                    Some((
-                        (es.namespace().unwrap_or_default(), es.name_any()),
-                        status.proxy_ports.clone(),
-                    ))
-                })
-                .collect::<Vec<_>>()
-                .iter()
-                .map(|(o, p)| (o.clone(), p.as_slice())),
+            elastiservices.iter().filter_map(|es| {
+                let ports = es.status.as_ref()?.proxy_ports.as_slice();
+                Some(((es.namespace().unwrap_or_default(), es.name_any()), ports))
+            }),
         );
         metrics.proxy_ports.set(book.allocated() as i64);
         tracing::info!(identity = %identity, proxy_ports = book.allocated(), "leading: controller started");

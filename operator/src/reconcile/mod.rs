@@ -417,17 +417,14 @@ async fn write_status(
 
 async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = (es.namespace().unwrap_or_default(), es.name_any());
-    match ctx
-        .scaler
-        .targets
-        .replicas(&ns, &es.spec.scale_target_ref)
-        .await
-    {
-        Ok(0) => {
-            ctx.scaler.up(es, "delete").await?;
-        }
-        Ok(_) | Err(target::Error::NotFound { .. } | target::Error::KindNotServed { .. }) => {}
-        Err(e) => return Err(crate::scale::Error::Target(e).into()),
+    // A target left at zero goes back to minTargetReplicas; `up` leaves one that has
+    // replicas alone, and a target that is gone needs nothing.
+    match ctx.scaler.up(es, "delete").await {
+        Ok(_)
+        | Err(crate::scale::Error::Target(
+            target::Error::NotFound { .. } | target::Error::KindNotServed { .. },
+        )) => {}
+        Err(e) => return Err(e.into()),
     }
     fallback::sync(&ctx.client, &ns, &es.spec.service, Vec::new())
         .await
