@@ -31,7 +31,8 @@ pub const PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "bpftool",
-    // benchmarks and the demo's scale-down trigger
+    // benchmarks and the demo's scale-down trigger (curl: readiness and timed API calls)
+    "curl",
     "wrk",
     "hey",
     "prometheus",
