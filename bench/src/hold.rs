@@ -227,8 +227,10 @@ pub async fn handoff(wakes: usize) -> Result<Handoff> {
 /// The backend child of [`capacity`]: serves the HTTP workload or a line echo on a free
 /// loopback port, printing `addr=…` first.
 pub async fn backend(http: bool) -> Result<()> {
-    // The agent opens every released connection at once; a default 1024 backlog would
-    // drop handshakes and charge the agent for the 1 s SYN retransmit.
+    // A listen backlog of `somaxconn` (4096 here), as Go servers get. With tokio's 1024
+    // this backend, sharing two cores with 10,000 clients and the agent, does not accept
+    // fast enough: its accept queue overflows and the kernel's 1 s SYN-ACK retransmit
+    // triples the drain. That is the backend's limit, not the agent's.
     let l = bind_deep("127.0.0.1:0".parse()?)?;
     println!("addr={}", l.local_addr()?);
     if http {

@@ -25,10 +25,10 @@ struct Args {
     /// Rounds of the connect-cost bench (baseline, miss, hit alternate each round).
     #[arg(long, default_value_t = 7)]
     rounds: usize,
-    /// Connections (and, separately, HTTP requests) held at once in the capacity bench.
-    /// The agent side needs two descriptors per held connection once released, and this
-    /// machine caps a process at 20,000 (its root lacks CAP_SYS_RESOURCE to raise that).
-    #[arg(long, default_value_t = 9_000)]
+    /// Connections (and, separately, HTTP requests) held at once in the capacity bench:
+    /// the agent's default queue bound. Held, each costs the agent one descriptor; released,
+    /// a second one only while its paced handshake and answer are in progress.
+    #[arg(long, default_value_t = 10_000)]
     held: usize,
     /// Cold periods in the hand-off bench.
     #[arg(long, default_value_t = 50)]
