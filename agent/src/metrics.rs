@@ -42,6 +42,8 @@ pub enum Outcome {
     UpstreamFailed,
     /// The client sent something that is not HTTP where HTTP was expected, or too slowly.
     Malformed,
+    /// The client closed its connection before its answer (while held, or mid-forward).
+    ClientGone,
 }
 
 /// What became of one `POST /v1/wake`.

@@ -279,3 +279,43 @@ async fn garbage_is_spliced_and_closed_not_held_open() {
     let (status, _, _) = http1_get(p.addr, "/").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_client_leaving_while_held_is_counted_gone_and_bad_http_malformed() {
+    let p = proxy(Limits::default()).await;
+    let count = |o| p.metrics.count(p.service.id(), Protocol::Http1, o);
+    let mut c = TcpStream::connect(p.addr).await.expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .expect("write");
+    wait_held(&p, 1).await;
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while p.service.held() > 0 || count(Outcome::ClientGone) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the departed client's slot is given back and counted ClientGone");
+    assert_eq!(count(Outcome::Malformed), 0, "leaving is not malformed");
+
+    let mut bad = TcpStream::connect(p.addr).await.expect("connect");
+    bad.write_all(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_string(&mut bad, &mut answer),
+    )
+    .await
+    .expect("answered and closed")
+    .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 400"), "got {answer:?}");
+    assert_eq!(count(Outcome::Malformed), 1);
+    assert_eq!(
+        p.wakes.0.lock().map(|n| *n).unwrap_or(0),
+        1,
+        "only the held request woke"
+    );
+}

@@ -972,3 +972,38 @@ fn scenario_18_a_wake_without_a_valid_token_is_refused_and_the_target_stays_at_z
         },
     );
 }
+
+#[test]
+#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_19_every_cold_period_of_one_service_wakes_it() {
+    scenario(
+        19,
+        "three cold periods of one service, served directly in between: each wakes",
+        || {
+            let ns = setup(
+                "e2e-s19",
+                &http_workload("web", 1),
+                &elastiservice("web", "Deployment", ""),
+            )?;
+            let ns = ns.name.as_str();
+            wait_mode(ns, "web", "serve")?;
+            wait_client_ready(ns)?;
+            let url = format!("http://{}/", cluster_ip(ns, "web")?);
+            for period in 1..=3 {
+                scale_to_zero_and_wait_held(ns, "deployment", "web")?;
+                let start = Instant::now();
+                let cold = get_from_client_pod(ns, &url, 60)?;
+                ensure!(
+                    cold.starts_with("HTTP/1.1 200"),
+                    "cold period {period}: {cold}"
+                );
+                eprintln!("cold period {period} answered in {:?}", start.elapsed());
+                wait_mode(ns, "web", "serve")?;
+                // Served by the pod straight through the ClusterIP, not by the agent.
+                let warm = get_from_client_pod(ns, &url, 10)?;
+                ensure!(warm.starts_with("HTTP/1.1 200"), "warm: {warm}");
+            }
+            Ok(())
+        },
+    );
+}

@@ -24,7 +24,7 @@ pub struct Args {
 
 const NAMESPACE: &str = "elasti-demo";
 /// Where Prometheus listens, on the node's address inside the cluster's netns.
-const PROMETHEUS: &str = "10.250.0.2:9091";
+pub const PROMETHEUS: &str = "10.250.0.2:9091";
 
 pub fn run(args: &Args) -> Result<()> {
     setup::run(&setup::Args {
@@ -140,7 +140,7 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn start_prometheus() -> Result<()> {
+pub fn start_prometheus() -> Result<()> {
     let dir = paths::repo().join("target/cluster/prometheus");
     std::fs::create_dir_all(&dir)?;
     // Debian's Prometheus has no Kubernetes discovery: the demo writes the pods to scrape

@@ -47,6 +47,21 @@ pub enum Error {
     Serve(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// What a failed client connection counts as: bad bytes or a slowloris are `Malformed`;
+/// a client that went away (closed, reset) before its answer is `ClientGone`.
+fn serve_failure(e: &(dyn std::error::Error + 'static)) -> Outcome {
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        if h.is_parse() || h.is_parse_too_large() || h.is_timeout() || h.is_user() {
+            return Outcome::Malformed;
+        }
+        return Outcome::ClientGone;
+    }
+    if e.downcast_ref::<std::io::Error>().is_some() {
+        return Outcome::ClientGone;
+    }
+    Outcome::Malformed
+}
+
 /// Forwards HTTP for one held service.
 pub struct HttpForwarder {
     service: Arc<HeldService>,
@@ -91,8 +106,12 @@ impl HttpForwarder {
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .await;
         served.map_err(|e| {
+            let outcome = serve_failure(e.as_ref());
             self.metrics
-                .outcome(self.service.id(), Protocol::Http1, Outcome::Malformed);
+                .outcome(self.service.id(), Protocol::Http1, outcome);
+            if outcome == Outcome::Malformed {
+                tracing::debug!(service = %self.service.id(), error = %e, "malformed request");
+            }
             Error::Serve(e)
         })
     }

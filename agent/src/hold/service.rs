@@ -65,8 +65,8 @@ pub struct HeldService {
     held_gauge: Gauge,
     limits: Limits,
     wake: Arc<dyn Wake>,
-    /// Set when a wake-up has been asked for in the current cold period; cleared once the
-    /// service is Ready again, so the next cold period asks again.
+    /// Set when a wake-up has been asked for in the current cold period; cleared whenever
+    /// a held caller stops waiting (see [`QueueSlot`]), so the next cold period asks again.
     wake_sent: AtomicBool,
 }
 
@@ -162,6 +162,12 @@ impl Drop for QueueSlot<'_> {
     fn drop(&mut self) {
         self.0.held.fetch_sub(1, Ordering::AcqRel);
         self.0.held_gauge.dec();
+        // A waiter leaving (released, timed out, or its client gone) ends this cold
+        // period's claim on the wake: the next caller that finds no endpoint wakes again.
+        // Between cold periods the pods serve the ClusterIP without this agent, so no
+        // caller here would ever see the service Ready and clear it. Clearing while other
+        // callers still wait costs at most one more wake; the scale-up is idempotent.
+        self.0.wake_sent.store(false, Ordering::Release);
     }
 }
 
@@ -246,6 +252,64 @@ mod tests {
             1,
             "one wake per cold period"
         );
+    }
+
+    /// Between cold periods the pods serve the ClusterIP directly: no caller of this
+    /// agent ever finds the service Ready. The second cold period must still wake.
+    #[tokio::test]
+    async fn every_cold_period_wakes_even_when_no_caller_saw_the_service_ready() {
+        let (tx, svc, wake) = service(Limits::default());
+        for period in 1..=3 {
+            tx.send_replace(Endpoints::from(Vec::new()));
+            let held = tokio::spawn({
+                let svc = svc.clone();
+                async move { svc.acquire().await }
+            });
+            while svc.held() < 1 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                wake.0.lock().map(|w| w.len()).unwrap_or(0),
+                period,
+                "cold period {period} sends its own wake"
+            );
+            tx.send_replace(ready(&["10.244.0.9:8080"]));
+            held.await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cold_period_whose_clients_all_left_wakes_again() {
+        let (_tx, svc, wake) = service(Limits::default());
+        for _ in 0..2 {
+            let held = tokio::spawn({
+                let svc = svc.clone();
+                async move { svc.acquire().await }
+            });
+            while svc.held() < 1 {
+                tokio::task::yield_now().await;
+            }
+            held.abort();
+            let _ = held.await;
+        }
+        assert_eq!(wake.0.lock().map(|w| w.len()).unwrap_or(0), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_period_that_timed_out_wakes_again() {
+        let (_tx, svc, wake) = service(Limits {
+            max_held: 10,
+            deadline: Duration::from_secs(3),
+        });
+        for _ in 0..2 {
+            assert!(matches!(
+                svc.acquire().await,
+                Err(HoldError::Deadline(_, _))
+            ));
+        }
+        assert_eq!(wake.0.lock().map(|w| w.len()).unwrap_or(0), 2);
     }
 
     #[tokio::test]

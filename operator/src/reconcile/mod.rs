@@ -37,6 +37,11 @@ use crate::{
     triggers::Prometheus,
 };
 
+/// Added to a verdict's recheck time (a cooldown's end) before requeueing, so the timer
+/// does not fire a hair early and find the cooldown still pending. Small, because the
+/// scale-down at the cooldown's end waits for it.
+const RECHECK_MARGIN: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A read or write of a Kubernetes object failed (the apiserver may be down).
@@ -365,7 +370,7 @@ async fn apply(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
             recheck,
         } => {
             if let Some(r) = recheck {
-                requeue = requeue.min(r + Duration::from_secs(1));
+                requeue = requeue.min(r + RECHECK_MARGIN);
             }
             if reason == Reason::PrometheusUnavailable {
                 ctx.scaler

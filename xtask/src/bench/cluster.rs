@@ -5,8 +5,15 @@
 //!   mode) versus not installed at all, alternating rounds;
 //! - proxy throughput in the grace window: `wrk` through the agent's proxy port versus
 //!   straight to the pod;
-//! - operator reaction: `POST /v1/wake` → 202 (the `/scale` patch is done by then) versus
-//!   the same `/scale` patch sent straight to the apiserver.
+//! - operator reaction to a wake: `POST /v1/wake` → 202 (the `/scale` patch is done by
+//!   then) versus the same `/scale` patch sent straight to the apiserver;
+//! - cold requests, split into wake, the pod's own start and the hand-off
+//!   ([`cold_start`]);
+//! - operator reaction to idleness: cooldown over → scaled to zero ([`scale_down`]).
+mod cold_start;
+mod scale_down;
+mod watch;
+
 use std::{
     os::unix::process::CommandExt,
     path::Path,
@@ -21,8 +28,14 @@ use crate::{cluster, cmd, images, paths, sample};
 const NS: &str = "elasti-bench";
 const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
 const PKI: &str = "/var/lib/elasti-e2e/pki";
+/// The agent's `/metrics`, on the node's address in the cluster's netns (host network).
+const AGENT_METRICS: &str = "http://10.250.0.2:9095/metrics";
 /// Quiet time before each measurement.
 const SETTLE: Duration = Duration::from_secs(5);
+/// Cold requests (and as many baseline cold starts) in the wake-up figures.
+const COLD_STARTS: usize = 20;
+/// Cooldowns ending in a scale-down.
+const SCALE_DOWNS: usize = 10;
 
 /// One wrk run.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,20 +49,31 @@ fn kubectl(args: &[&str]) -> Result<String> {
     cmd::output("kubectl", cluster::kubectl().args(args))
 }
 
-/// wrk from a process in the pods' cgroup subtree (intercepted like a pod), in the netns.
-fn wrk(url: &str, secs: u32) -> Result<Wrk> {
+/// Runs `program` in the netns from a cgroup under the pods' subtree, so its connects are
+/// intercepted exactly like a pod's (it shares the node's network, like a hostNetwork
+/// pod). Returns its standard output.
+fn output_in_pods_cgroup(program: &str, args: &[&str]) -> Result<String> {
     let cgroup = Path::new(PODS_CGROUP).join("bench-client");
     std::fs::create_dir_all(&cgroup)?;
     let procs = cgroup.join("cgroup.procs");
-    let mut c = cluster::in_cluster("/usr/bin/wrk");
-    c.args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", url]);
+    let mut c = cluster::in_cluster(program);
+    c.args(args);
     // SAFETY: only open/write/close between fork and exec.
     unsafe {
         c.pre_exec(move || std::fs::write(&procs, b"0"));
     }
-    let out = cmd::output("wrk", &mut c);
+    let out = cmd::output(program, &mut c);
     let _ = std::fs::remove_dir(&cgroup);
-    parse_wrk(url, &out?)
+    out
+}
+
+/// wrk from the pods' cgroup subtree.
+fn wrk(url: &str, secs: u32) -> Result<Wrk> {
+    let out = output_in_pods_cgroup(
+        "/usr/bin/wrk",
+        &["-t2", "-c32", &format!("-d{secs}s"), "--latency", url],
+    )?;
+    parse_wrk(url, &out)
 }
 
 fn parse_wrk(url: &str, out: &str) -> Result<Wrk> {
@@ -132,42 +156,139 @@ fn wait(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
     bail!("bench: timed out waiting for {what}")
 }
 
-/// `curl` in the netns: its total time in milliseconds, and the HTTP code.
-fn curl_timed(args: &[&str]) -> Result<(f64, u16)> {
-    let out = cmd::output(
-        "curl",
-        cluster::in_cluster("/usr/bin/curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"])
-            .args(args),
-    )?;
+const CURL_TIMED: [&str; 5] = ["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"];
+
+fn parse_curl_timed(out: &str) -> Result<(f64, u16)> {
     let (code, secs) = out.trim().split_once(' ').context("curl -w output")?;
     Ok((secs.parse::<f64>()? * 1000.0, code.parse()?))
 }
 
-fn median(v: &[f64]) -> f64 {
+/// `curl` in the netns: its total time in milliseconds, and the HTTP code.
+fn curl_timed(args: &[&str]) -> Result<(f64, u16)> {
+    parse_curl_timed(&cmd::output(
+        "curl",
+        cluster::in_cluster("/usr/bin/curl")
+            .args(CURL_TIMED)
+            .args(args),
+    )?)
+}
+
+/// [`curl_timed`] from the pods' cgroup subtree (intercepted like a pod).
+fn curl_in_pods_cgroup(args: &[&str]) -> Result<(f64, u16)> {
+    let args: Vec<&str> = CURL_TIMED.iter().chain(args).copied().collect();
+    parse_curl_timed(&output_in_pods_cgroup("/usr/bin/curl", &args)?)
+}
+
+/// `PATCH …/deployments/web/scale` straight to the apiserver (admin client certificate),
+/// as the operator sends it; its time in milliseconds.
+fn scale_patch(replicas: u32) -> Result<f64> {
+    let url = format!("https://10.250.0.2:6443/apis/apps/v1/namespaces/{NS}/deployments/web/scale");
+    let (ca, cert, key) = (
+        format!("{PKI}/ca.crt"),
+        format!("{PKI}/admin.crt"),
+        format!("{PKI}/admin.key"),
+    );
+    let body = format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#);
+    let (ms, code) = curl_timed(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-X",
+        "PATCH",
+        "-H",
+        "Content-Type: application/merge-patch+json",
+        "-d",
+        &body,
+        &url,
+    ])?;
+    if !(200..300).contains(&code) {
+        bail!("bench: /scale patch answered {code}");
+    }
+    Ok(ms)
+}
+
+/// Waits until the agent steers connects to `web`'s ClusterIP to itself.
+fn wait_intercepting() -> Result<()> {
+    let line =
+        format!(r#"elasti_agent_intercepting{{namespace="{NS}",service="web",port="80"}} 1"#);
+    wait("the agent intercepting web", || {
+        let metrics = cmd::output(
+            "curl",
+            cluster::in_cluster("/usr/bin/curl").args(["-s", AGENT_METRICS]),
+        )?;
+        Ok(metrics.lines().any(|l| l == line))
+    })
+}
+
+/// min / median / p99 / max of a sample.
+struct Stats {
+    n: usize,
+    min: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn stats(v: &[f64]) -> Stats {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    s.get(s.len() / 2).copied().unwrap_or(0.0)
+    // Nearest rank: with 20 samples, p99 is the largest.
+    let rank = |q: f64| {
+        s.get(((q * s.len() as f64).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Stats {
+        n: s.len(),
+        min: s.first().copied().unwrap_or(0.0),
+        p50: rank(0.5),
+        p99: rank(0.99),
+        max: s.last().copied().unwrap_or(0.0),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    stats(v).p50
 }
 
 fn summary(v: &[f64]) -> serde_json::Value {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    json!({"n": s.len(), "min": s.first(), "median": median(&s), "max": s.last()})
+    let s = stats(v);
+    json!({"n": s.n, "min": s.min, "median": s.p50, "p99": s.p99, "max": s.max})
 }
 
-/// Runs every cluster figure on a cluster of its own; returns Markdown rows and JSON.
-pub fn run(rounds: usize) -> Result<(String, serde_json::Value)> {
+/// One section of the cluster figures; `cargo xtask bench --figures` picks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Figure {
+    /// Warm overhead: ClusterIP throughput and latency, elasti installed vs not.
+    Warm,
+    /// Throughput through the agent's proxy port (the grace window) vs the pod.
+    Grace,
+    /// Operator reaction to a wake call.
+    Wake,
+    /// Cold requests, broken down, vs cold starts with no request.
+    Cold,
+    /// Operator reaction to idleness at the cooldown's end.
+    ScaleDown,
+}
+
+/// Markdown rows and the JSON of one section.
+type Section = (String, serde_json::Value);
+
+/// Runs the chosen cluster figures on a cluster of its own; returns Markdown rows and JSON.
+pub fn run(rounds: usize, figures: &[Figure]) -> Result<Section> {
     images::build()?;
     cluster::up()?;
-    let result = measure(rounds);
+    let result = measure(rounds, figures);
     let down = cluster::down();
     let r = result?;
     down?;
     Ok(r)
 }
 
-fn measure(rounds: usize) -> Result<(String, serde_json::Value)> {
+fn measure(rounds: usize, figures: &[Figure]) -> Result<Section> {
     cluster::apply(&sample::web(NS))?;
     kubectl(&[
         "-n",
@@ -187,9 +308,59 @@ fn measure(rounds: usize) -> Result<(String, serde_json::Value)> {
         "jsonpath={.spec.clusterIP}",
     ])?;
     let url = format!("http://{ip}/");
-    let secs = 8;
+    let mut rows = String::new();
+    let mut json = serde_json::Map::new();
+    let mut add = |name: &str, (r, j): Section| {
+        rows.push_str(&r);
+        json.insert(name.into(), j);
+    };
+    if figures.contains(&Figure::Warm) {
+        add("warm", warm(&url, rounds)?);
+    }
+    install_elasti()?;
+    if figures.contains(&Figure::Grace) {
+        add("grace_window", grace(rounds)?);
+    }
+    if figures.contains(&Figure::Wake) {
+        add("operator_reaction_ms", wake()?);
+    }
+    if figures.contains(&Figure::Cold) {
+        let p = cmd::Progress::start(format!(
+            "cold starts: {COLD_STARTS} requests through elasti vs {COLD_STARTS} straight /scale patches"
+        ));
+        let cold = cold_start::measure(&url, COLD_STARTS)?;
+        p.done();
+        add("cold_start", cold.report());
+    }
+    if figures.contains(&Figure::ScaleDown) {
+        let p = cmd::Progress::start(format!(
+            "scale-down reaction: {SCALE_DOWNS} cooldowns ending with Prometheus reading idle"
+        ));
+        let down = scale_down::measure(SCALE_DOWNS)?;
+        p.done();
+        add("scale_down", down.report());
+    }
+    uninstall_elasti()?;
+    Ok((rows, json.into()))
+}
 
-    // 1. Warm overhead, alternating rounds.
+const WRK_SECS: u32 = 8;
+
+fn rps(v: &[Wrk]) -> Vec<f64> {
+    v.iter().map(|w| w.rps).collect()
+}
+
+fn p50(v: &[Wrk]) -> f64 {
+    median(&v.iter().map(|w| w.p50_ms).collect::<Vec<_>>())
+}
+
+fn p99(v: &[Wrk]) -> f64 {
+    median(&v.iter().map(|w| w.p99_ms).collect::<Vec<_>>())
+}
+
+/// Warm overhead, alternating rounds with elasti installed and not at all.
+fn warm(url: &str, rounds: usize) -> Result<Section> {
+    let secs = WRK_SECS;
     let (mut base, mut with) = (Vec::new(), Vec::new());
     let p = cmd::Progress::start(format!(
         "warm overhead: {rounds} rounds x 2 x {secs}s of wrk"
@@ -199,27 +370,42 @@ fn measure(rounds: usize) -> Result<(String, serde_json::Value)> {
     for round in 0..rounds {
         let measure_base = |base: &mut Vec<Wrk>| -> Result<()> {
             std::thread::sleep(SETTLE);
-            base.push(wrk(&url, secs)?);
+            base.push(wrk(url, secs)?);
             Ok(())
         };
         if round % 2 == 0 {
             measure_base(&mut base)?;
             install_elasti()?;
             std::thread::sleep(SETTLE);
-            with.push(wrk(&url, secs)?);
+            with.push(wrk(url, secs)?);
             uninstall_elasti()?;
         } else {
             install_elasti()?;
             std::thread::sleep(SETTLE);
-            with.push(wrk(&url, secs)?);
+            with.push(wrk(url, secs)?);
             uninstall_elasti()?;
             measure_base(&mut base)?;
         }
     }
     p.done();
+    let (b, w) = (median(&rps(&base)), median(&rps(&with)));
+    let rows = format!(
+        "| warm ClusterIP requests (wrk c=32, {secs}s x {rounds}), req/s | {b:.0} | {w:.0} | baseline/elasti {:.3} |\n\
+         | warm latency p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms | elasti/baseline {:.3} / {:.3} |\n",
+        b / w.max(1e-9),
+        p50(&base),
+        p99(&base),
+        p50(&with),
+        p99(&with),
+        p50(&with) / p50(&base).max(1e-9),
+        p99(&with) / p99(&base).max(1e-9)
+    );
+    let json = json!({"baseline_rps": summary(&rps(&base)), "elasti_rps": summary(&rps(&with))});
+    Ok((rows, json))
+}
 
-    // 2. Through the agent's proxy port versus straight to the pod.
-    install_elasti()?;
+/// Through the agent's proxy port versus straight to the pod.
+fn grace(rounds: usize) -> Result<Section> {
     let jsonpath = |what: &str, path: &str| {
         kubectl(&["-n", NS, "get", what, "-o", &format!("jsonpath={path}")])
     };
@@ -237,12 +423,30 @@ fn measure(rounds: usize) -> Result<(String, serde_json::Value)> {
     let (mut direct, mut proxied) = (Vec::new(), Vec::new());
     let p = cmd::Progress::start("grace-window throughput: agent proxy port vs pod");
     for _ in 0..rounds {
-        direct.push(wrk(&format!("http://{pod_ip}:8080/"), secs)?);
-        proxied.push(wrk(&format!("http://169.254.20.11:{proxy_port}/"), secs)?);
+        direct.push(wrk(&format!("http://{pod_ip}:8080/"), WRK_SECS)?);
+        proxied.push(wrk(
+            &format!("http://169.254.20.11:{proxy_port}/"),
+            WRK_SECS,
+        )?);
     }
     p.done();
+    let (d, x) = (median(&rps(&direct)), median(&rps(&proxied)));
+    let rows = format!(
+        "| proxy in path (grace window), req/s | pod direct {d:.0} | via agent {x:.0} | direct/agent {:.3} |\n\
+         | proxy in path, p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms | |\n",
+        d / x.max(1e-9),
+        p50(&direct),
+        p99(&direct),
+        p50(&proxied),
+        p99(&proxied)
+    );
+    let json =
+        json!({"direct_rps": summary(&rps(&direct)), "proxied_rps": summary(&rps(&proxied))});
+    Ok((rows, json))
+}
 
-    // 3. Operator reaction: wake → 202 (scale patched) vs the same patch straight.
+/// Operator reaction: wake → 202 (scale patched) vs the same patch straight.
+fn wake() -> Result<Section> {
     let token = kubectl(&[
         "-n",
         "elasti-system",
@@ -261,92 +465,30 @@ fn measure(rounds: usize) -> Result<(String, serde_json::Value)> {
         "-o",
         "jsonpath={.spec.clusterIP}",
     ])?;
-    let scale_url =
-        format!("https://10.250.0.2:6443/apis/apps/v1/namespaces/{NS}/deployments/web/scale");
     let auth = format!("Authorization: Bearer {}", token.trim());
     let wake_body = format!(r#"{{"namespace":"{NS}","service":"web"}}"#);
     let wake_url = format!("http://{operator}:8080/v1/wake");
-    let (ca, cert, key) = (
-        format!("{PKI}/ca.crt"),
-        format!("{PKI}/admin.crt"),
-        format!("{PKI}/admin.key"),
-    );
     let (mut wake_ms, mut patch_ms) = (Vec::new(), Vec::new());
     let p = cmd::Progress::start("operator reaction: 20 wakes vs 20 direct /scale patches");
     for i in 0..40 {
-        kubectl(&["-n", NS, "scale", "deploy/web", "--replicas=0"])?;
-        let wake = i % 2 == 0;
-        let (ms, code) = if wake {
-            curl_timed(&["-X", "POST", "-H", &auth, "-d", &wake_body, &wake_url])?
-        } else {
-            curl_timed(&[
-                "--cacert",
-                &ca,
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-                "-X",
-                "PATCH",
-                "-H",
-                "Content-Type: application/merge-patch+json",
-                "-d",
-                r#"{"spec":{"replicas":1}}"#,
-                &scale_url,
-            ])?
-        };
-        if !(200..300).contains(&code) {
-            bail!("bench: reaction round {i} answered {code}");
-        }
-        if wake {
+        scale_patch(0)?;
+        if i % 2 == 0 {
+            let (ms, code) = curl_timed(&["-X", "POST", "-H", &auth, "-d", &wake_body, &wake_url])?;
+            if code != 202 {
+                bail!("bench: wake round {i} answered {code}");
+            }
             wake_ms.push(ms);
         } else {
-            patch_ms.push(ms);
+            patch_ms.push(scale_patch(1)?);
         }
     }
     p.done();
-    uninstall_elasti()?;
-
-    let rps = |v: &[Wrk]| v.iter().map(|w| w.rps).collect::<Vec<_>>();
-    let p50 = |v: &[Wrk]| median(&v.iter().map(|w| w.p50_ms).collect::<Vec<_>>());
-    let p99 = |v: &[Wrk]| median(&v.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
-    let (b, w) = (median(&rps(&base)), median(&rps(&with)));
-    let (d, x) = (median(&rps(&direct)), median(&rps(&proxied)));
     let (pm, wm) = (median(&patch_ms), median(&wake_ms));
-    let mut rows = String::new();
-    rows.push_str(&format!(
-        "| warm ClusterIP requests (wrk c=32, {secs}s x {rounds}), req/s | {b:.0} | {w:.0} | baseline/elasti {:.3} |\n",
-        b / w.max(1e-9)
-    ));
-    rows.push_str(&format!(
-        "| warm latency p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms | elasti/baseline {:.3} / {:.3} |\n",
-        p50(&base),
-        p99(&base),
-        p50(&with),
-        p99(&with),
-        p50(&with) / p50(&base).max(1e-9),
-        p99(&with) / p99(&base).max(1e-9)
-    ));
-    rows.push_str(&format!(
-        "| proxy in path (grace window), req/s | pod direct {d:.0} | via agent {x:.0} | direct/agent {:.3} |\n",
-        d / x.max(1e-9)
-    ));
-    rows.push_str(&format!(
-        "| proxy in path, p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms | |\n",
-        p50(&direct),
-        p99(&direct),
-        p50(&proxied),
-        p99(&proxied)
-    ));
-    rows.push_str(&format!(
-        "| operator reaction: wake -> 202 with /scale patched (median of 20) | direct /scale PATCH {pm:.1} ms | {wm:.1} ms | +{:.1} ms |\n",
+    let rows = format!(
+        "| operator reaction: wake → 202 with /scale patched (median of 20) | direct /scale PATCH {pm:.1} ms | {wm:.1} ms | +{:.1} ms |\n",
         wm - pm
-    ));
-    let json = json!({
-        "warm": {"baseline_rps": summary(&rps(&base)), "elasti_rps": summary(&rps(&with))},
-        "grace_window": {"direct_rps": summary(&rps(&direct)), "proxied_rps": summary(&rps(&proxied))},
-        "operator_reaction_ms": {"direct_patch": summary(&patch_ms), "wake": summary(&wake_ms)},
-    });
+    );
+    let json = json!({"direct_patch": summary(&patch_ms), "wake": summary(&wake_ms)});
     Ok((rows, json))
 }
 

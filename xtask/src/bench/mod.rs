@@ -17,6 +17,15 @@ pub struct Args {
     /// Rounds of each cluster figure (0 skips the cluster part).
     #[arg(long, default_value_t = 3)]
     pub cluster_rounds: usize,
+    /// Which cluster figures to measure (all by default).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
+        cluster::Figure::Warm,
+        cluster::Figure::Grace,
+        cluster::Figure::Wake,
+        cluster::Figure::Cold,
+        cluster::Figure::ScaleDown,
+    ])]
+    pub figures: Vec<cluster::Figure>,
     /// Extra arguments for elasti-bench (e.g. `--held 2000 --rounds 3` for a quick run).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub extra: Vec<String>,
@@ -58,7 +67,7 @@ fn local(args: &Args) -> Result<()> {
 }
 
 fn cluster_figures(args: &Args) -> Result<()> {
-    let (rows, json) = cluster::run(args.cluster_rounds)?;
+    let (rows, json) = cluster::run(args.cluster_rounds, &args.figures)?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let md = format!(
         "Cluster figures, {cores} cores, {} rounds each, medians (min/median/max in cluster.json):\n\n| figure | baseline (same run) | elasti | ratio / difference |\n| --- | --- | --- | --- |\n{rows}",

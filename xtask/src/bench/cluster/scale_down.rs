@@ -1,0 +1,159 @@
+//! The operator's scale-down reaction: with a real Prometheus (Debian's, in the cluster's
+//! netns) already reading the trigger under its threshold, how long after the cooldown's
+//! end is the target at zero? Each round creates the ElastiService afresh, so its cooldown
+//! ends at `creationTimestamp + cooldownPeriod`, exactly as the operator computes it.
+//!
+//! Baseline, the same run: the two calls the operator must make, sent straight: the
+//! trigger's Prometheus query and the `/scale` patch.
+//!
+//! A value that falls under the threshold *after* the cooldown is read at the next poll,
+//! so there the poll interval (30 s by default) bounds the reaction, by design.
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::{
+    NS, curl_timed, kubectl, scale_patch, summary, wait,
+    watch::{Watch, ms_between},
+};
+use crate::{cluster, demo};
+
+const COOLDOWN_SECS: u64 = 3;
+
+pub struct ScaleDowns {
+    /// Cooldown end → replicas 0 seen, ms.
+    reaction: Vec<f64>,
+    /// Prometheus query + `/scale` patch sent straight, ms.
+    baseline: Vec<f64>,
+}
+
+fn elastiservice() -> String {
+    format!(
+        r#"apiVersion: elasti.truefoundry.com/v1alpha1
+kind: ElastiService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  service: web
+  cooldownPeriod: {COOLDOWN_SECS}
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}
+  triggers:
+  - type: prometheus
+    metadata:
+      serverAddress: http://{prometheus}
+      query: vector(0)
+      threshold: "0.5"
+      uptimeFilter: job="prometheus"
+"#,
+        prometheus = demo::PROMETHEUS
+    )
+}
+
+fn delete_elastiservice() -> Result<()> {
+    kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "elastiservice",
+        "web",
+        "--ignore-not-found",
+        "--timeout=60s",
+    ])?;
+    Ok(())
+}
+
+/// `rounds` scale-downs at the cooldown's end. Starts Prometheus; leaves `web` at one
+/// replica with no ElastiService.
+pub fn measure(rounds: usize) -> Result<ScaleDowns> {
+    demo::start_prometheus()?;
+    delete_elastiservice()?;
+    let replicas = Watch::start(
+        "Deployment",
+        &["deployment", "web", "-n", NS],
+        r#"{.spec.replicas}{"\n"}"#,
+    )?;
+    let query_url = format!("http://{}/api/v1/query?query=vector(0)", demo::PROMETHEUS);
+    // Prometheus must have scraped itself once for `up{job="prometheus"}`.
+    wait("Prometheus' own up series", || {
+        let out = crate::cmd::output(
+            "curl",
+            cluster::in_cluster("/usr/bin/curl").args([
+                "-s",
+                &format!(
+                    "http://{}/api/v1/query?query=up{{job=%22prometheus%22}}",
+                    demo::PROMETHEUS
+                ),
+            ]),
+        )?;
+        Ok(out.contains(r#""1"]"#))
+    })?;
+    let mut r = ScaleDowns {
+        reaction: Vec::new(),
+        baseline: Vec::new(),
+    };
+    for i in 0..rounds {
+        scale_patch(1)?;
+        wait("web Ready", || {
+            Ok(kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ])? == "1")
+        })?;
+        let (query_ms, code) = curl_timed(&[&query_url])?;
+        if code != 200 {
+            bail!("bench: Prometheus answered {code}");
+        }
+        let patch_ms = scale_patch(1)?;
+        r.baseline.push(query_ms + patch_ms);
+
+        cluster::apply(&elastiservice())?;
+        let created = kubectl(&[
+            "-n",
+            NS,
+            "get",
+            "elastiservice",
+            "web",
+            "-o",
+            "jsonpath={.metadata.creationTimestamp}",
+        ])?;
+        let created: SystemTime = created
+            .parse::<jiff::Timestamp>()
+            .with_context(|| format!("creationTimestamp {created:?}"))?
+            .into();
+        let cooldown_end = created + Duration::from_secs(COOLDOWN_SECS);
+        let (zero, _) = replicas.first(created, Duration::from_secs(60), |l| l.trim() == "0")?;
+        if zero < cooldown_end {
+            bail!("bench: round {i} scaled to zero before the cooldown ended");
+        }
+        r.reaction.push(ms_between(cooldown_end, zero));
+        // Deleting it at zero makes the operator scale `web` back up.
+        delete_elastiservice()?;
+    }
+    Ok(r)
+}
+
+impl ScaleDowns {
+    pub fn report(&self) -> (String, serde_json::Value) {
+        let st = |v: &[f64]| super::stats(v);
+        let (b, x) = (st(&self.baseline), st(&self.reaction));
+        let row = format!(
+            "| operator reaction: cooldown over, trigger under threshold → scaled to 0 (median of {}, min–max) | Prometheus query + `/scale` patch sent straight {:.1} ms | {:.0} ms ({:.0}–{:.0}) | +{:.0} ms |\n",
+            x.n,
+            b.p50,
+            x.p50,
+            x.min,
+            x.max,
+            x.p50 - b.p50
+        );
+        let json = json!({
+            "cooldown_end_to_zero_ms": summary(&self.reaction),
+            "baseline_query_plus_patch_ms": summary(&self.baseline),
+        });
+        (row, json)
+    }
+}
