@@ -40,7 +40,7 @@ use crate::{
 /// Added to a verdict's recheck time (a cooldown's end) before requeueing, so the timer
 /// does not fire a hair early and find the cooldown still pending. Small, because the
 /// scale-down at the cooldown's end waits for it.
-const RECHECK_MARGIN: Duration = Duration::from_millis(100);
+const RECHECK_MARGIN: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -311,6 +311,8 @@ fn measure(rounds: usize, figures: &[Figure]) -> Result<Section> {
     let mut rows = String::new();
     let mut json = serde_json::Map::new();
     let mut add = |name: &str, (r, j): Section| {
+        // Shown as soon as measured: a later section failing does not lose it.
+        println!("{r}");
         rows.push_str(&r);
         json.insert(name.into(), j);
     };

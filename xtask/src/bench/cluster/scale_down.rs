@@ -72,17 +72,17 @@ pub fn measure(rounds: usize) -> Result<ScaleDowns> {
         &["deployment", "web", "-n", NS],
         r#"{.spec.replicas}{"\n"}"#,
     )?;
-    let query_url = format!("http://{}/api/v1/query?query=vector(0)", demo::PROMETHEUS);
+    let query_url = format!("http://{}/api/v1/query", demo::PROMETHEUS);
     // Prometheus must have scraped itself once for `up{job="prometheus"}`.
     wait("Prometheus' own up series", || {
         let out = crate::cmd::output(
             "curl",
             cluster::in_cluster("/usr/bin/curl").args([
                 "-s",
-                &format!(
-                    "http://{}/api/v1/query?query=up{{job=%22prometheus%22}}",
-                    demo::PROMETHEUS
-                ),
+                "-G",
+                "--data-urlencode",
+                r#"query=up{job="prometheus"}"#,
+                &query_url,
             ]),
         )?;
         Ok(out.contains(r#""1"]"#))
@@ -104,7 +104,8 @@ pub fn measure(rounds: usize) -> Result<ScaleDowns> {
                 "jsonpath={.status.readyReplicas}",
             ])? == "1")
         })?;
-        let (query_ms, code) = curl_timed(&[&query_url])?;
+        let (query_ms, code) =
+            curl_timed(&["-G", "--data-urlencode", "query=vector(0)", &query_url])?;
         if code != 200 {
             bail!("bench: Prometheus answered {code}");
         }
