@@ -69,9 +69,12 @@ fn local(args: &Args) -> Result<()> {
 fn cluster_figures(args: &Args) -> Result<()> {
     let (rows, json) = cluster::run(args.cluster_rounds, &args.figures)?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut samples = Vec::new();
+    sample_lines("", &json, &mut samples);
     let md = format!(
-        "Cluster figures, {cores} cores, {} rounds each, medians (min/median/max in cluster.json):\n\n| figure | baseline (same run) | elasti | ratio / difference |\n| --- | --- | --- | --- |\n{rows}",
-        args.cluster_rounds
+        "Cluster figures, {cores} cores, {} rounds of each wrk figure, medians:\n\n| figure | baseline (same run) | elasti | ratio / difference |\n| --- | --- | --- | --- |\n{rows}\nSamples (n: min / median / max):\n\n{}\n",
+        args.cluster_rounds,
+        samples.join("\n")
     );
     let out = paths::repo().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -79,4 +82,52 @@ fn cluster_figures(args: &Args) -> Result<()> {
     std::fs::write(out.join("cluster.json"), serde_json::to_vec_pretty(&json)?)?;
     println!("\n{md}");
     Ok(())
+}
+
+/// One Markdown list item per sample summary (`{n, min, median, max}`) in `json`, named by
+/// its path.
+fn sample_lines(path: &str, json: &serde_json::Value, out: &mut Vec<String>) {
+    let Some(map) = json.as_object() else { return };
+    if let (Some(n), Some(min), Some(median), Some(max)) = (
+        map.get("n").and_then(|v| v.as_u64()),
+        map.get("min").and_then(|v| v.as_f64()),
+        map.get("median").and_then(|v| v.as_f64()),
+        map.get("max").and_then(|v| v.as_f64()),
+    ) {
+        out.push(format!(
+            "- `{path}` ({n}): {min:.1} / {median:.1} / {max:.1}"
+        ));
+        return;
+    }
+    for (k, v) in map {
+        let p = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        sample_lines(&p, v, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_summary_is_listed_by_its_path() {
+        let json = serde_json::json!({
+            "warm": {"baseline_rps": {"n": 3, "min": 1.0, "median": 2.0, "p99": 3.0, "max": 3.0}},
+            "cold": {"elasti": {"total_ms": {"n": 20, "min": 900.0, "median": 1000.0, "max": 1200.5}}},
+        });
+        let mut out = Vec::new();
+        sample_lines("", &json, &mut out);
+        out.sort();
+        assert_eq!(
+            out,
+            vec![
+                "- `cold.elasti.total_ms` (20): 900.0 / 1000.0 / 1200.5",
+                "- `warm.baseline_rps` (3): 1.0 / 2.0 / 3.0",
+            ]
+        );
+    }
 }

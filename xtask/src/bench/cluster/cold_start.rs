@@ -64,16 +64,19 @@ pub fn measure(url: &str, rounds: usize) -> Result<ColdStarts> {
         to_zero()?;
         let with_elasti = i % 2 == 0;
         let sent = SystemTime::now();
-        let (curl_ms, answered) = if with_elasti {
+        // curl's own time, which starts after nsenter and exec; the request (or patch) is
+        // dated from its answer back, the same way for both kinds of round.
+        let curl_ms = if with_elasti {
             let (ms, code) = super::curl_in_pods_cgroup(&["--max-time", "60", url])?;
             if code != 200 {
                 bail!("bench: cold request {i} answered {code}");
             }
-            (Some(ms), SystemTime::now())
+            ms
         } else {
-            scale_patch(1)?;
-            (None, SystemTime::now())
+            scale_patch(1)?
         };
+        let answered = SystemTime::now();
+        let requested = answered - Duration::from_secs_f64(curl_ms / 1e3);
         // The old pods are gone (`to_zero`), so the first pod event after `sent` is the new
         // pod's creation.
         let (created, _) = pods.first(sent, EVENT_TIMEOUT, |_| true)?;
@@ -84,24 +87,21 @@ pub fn measure(url: &str, rounds: usize) -> Result<ColdStarts> {
             !name.contains("-elasti-") && words.any(|w| w == "true")
         })?;
         let start_to_ready = ms_between(created, ready);
-        match curl_ms {
-            Some(total) => {
-                // curl's timer starts after nsenter and exec: date the request from the
-                // answer back.
-                let requested = answered - Duration::from_secs_f64(total / 1e3);
-                r.elasti.push(Round {
-                    total,
-                    to_created: ms_between(requested, created),
-                    start_to_ready,
-                    ready_to_answer: ms_between(ready, answered),
-                });
-            }
-            None => r.baseline.push(Round {
-                total: ms_between(sent, ready),
-                to_created: ms_between(sent, created),
+        let to_created = ms_between(requested, created);
+        if with_elasti {
+            r.elasti.push(Round {
+                total: curl_ms,
+                to_created,
+                start_to_ready,
+                ready_to_answer: ms_between(ready, answered),
+            });
+        } else {
+            r.baseline.push(Round {
+                total: ms_between(requested, ready),
+                to_created,
                 start_to_ready,
                 ready_to_answer: 0.0,
-            }),
+            });
         }
     }
     Ok(r)
