@@ -124,7 +124,17 @@ impl ColdStarts {
         let b = &self.baseline;
         let added = col(e, |r| r.total - r.start_to_ready);
         let s = |v: &[f64]| summary(v);
+        let raw = |v: &[Round]| {
+            v.iter()
+                .map(|r| [r.total, r.to_created, r.start_to_ready, r.ready_to_answer])
+                .collect::<Vec<_>>()
+        };
         let json = json!({
+            "rounds_ms": {
+                "columns": ["total", "to_pod_created", "pod_start_to_ready", "ready_to_answered"],
+                "elasti": raw(e),
+                "baseline": raw(b),
+            },
             "elasti": {
                 "cold_request_ms": s(&col(e, |r| r.total)),
                 "request_to_pod_created_ms": s(&col(e, |r| r.to_created)),
