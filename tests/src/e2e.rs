@@ -116,7 +116,22 @@ pub fn scenario(number: u32, title: &str, body: impl FnOnce() -> Result<()>) {
         );
     }
     if !ok {
-        // What elasti said while it failed, for the CI log.
+        // The scenario's objects as they were when it failed, for the CI log.
+        let prefix = format!("e2e-s{number:02}-");
+        let state = kubectl(&[
+            "get",
+            "elastiservices,deployments,statefulsets,pods,endpointslices,events",
+            "-A",
+            "-o",
+            "wide",
+        ])
+        .unwrap_or_else(|e| e.to_string());
+        let state: Vec<&str> = state
+            .lines()
+            .filter(|l| l.starts_with("NAMESPACE") || l.starts_with(&prefix))
+            .collect();
+        eprintln!("--- objects (scenario {number}) ---\n{}", state.join("\n"));
+        // What elasti said while it failed.
         for (what, selector) in [
             ("operator", "app.kubernetes.io/name=elasti-operator"),
             ("agent", "app.kubernetes.io/name=elasti-agent"),
@@ -127,7 +142,7 @@ pub fn scenario(number: u32, title: &str, body: impl FnOnce() -> Result<()>) {
                 "logs",
                 "-l",
                 selector,
-                "--tail=40",
+                "--tail=80",
                 "--prefix",
             ])
             .unwrap_or_else(|e| e.to_string());

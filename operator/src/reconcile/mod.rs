@@ -37,6 +37,12 @@ use crate::{
     triggers::Prometheus,
 };
 
+/// A reconcile makes a handful of apiserver calls and at most one Prometheus query. The
+/// kube client's read timeout is minutes long (it also serves watches), and the controller
+/// runs one reconcile per object at a time: one stalled call would freeze that object's
+/// mode and scaling. Past this, the reconcile is abandoned and retried.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Added to a verdict's recheck time (a cooldown's end) before requeueing, so the timer
 /// does not fire a hair early and find the cooldown still pending. Small, because the
 /// scale-down at the cooldown's end waits for it.
@@ -57,6 +63,9 @@ pub enum Error {
     /// Adding or removing the finalizer failed.
     #[error("finalizer")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The reconcile did not finish within [`RECONCILE_TIMEOUT`]; it is retried.
+    #[error("reconcile took longer than {0:?}")]
+    TimedOut(Duration),
 }
 
 fn api_err(what: &'static str) -> impl FnOnce(kube::Error) -> Error {
@@ -134,8 +143,17 @@ pub async fn run(
     .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "reconcile failed");
+        use kube::runtime::controller::Error as ControllerError;
+        match result {
+            // Already logged by `error_policy`; an object deleted before its turn.
+            Err(
+                e @ (ControllerError::ReconcilerFailed(..) | ControllerError::ObjectNotFound(_)),
+            ) => {
+                tracing::debug!(error = %e, "reconcile skipped or failed");
+            }
+            // A watch failing (it is retried): the controller is blind until it recovers.
+            Err(e) => tracing::warn!(error = %DisplayChain(&e), "controller stream error"),
+            Ok(_) => {}
         }
     })
     .await;
@@ -147,14 +165,16 @@ async fn reconcile(es: Arc<ElastiService>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let api: Api<ElastiService> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, es, |event| async {
+    let reconciled = finalizer(&api, FINALIZER, es, |event| async {
         match event {
             Finalizer::Apply(es) => apply(&es, &ctx).await,
             Finalizer::Cleanup(es) => cleanup(&es, &ctx).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    });
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, reconciled).await {
+        Ok(r) => r.map_err(|e| Error::Finalizer(Box::new(e))),
+        Err(_) => Err(Error::TimedOut(RECONCILE_TIMEOUT)),
+    };
     ctx.metrics.reconciled(if result.is_ok() {
         ReconcileResult::Ok
     } else {
