@@ -124,7 +124,8 @@ fn install_elasti() -> Result<()> {
     })
 }
 
-fn uninstall_elasti() -> Result<()> {
+/// Deletes the ElastiService `web` (its finalizer runs: a target at zero is scaled back).
+fn delete_elastiservice() -> Result<()> {
     kubectl(&[
         "-n",
         NS,
@@ -134,6 +135,11 @@ fn uninstall_elasti() -> Result<()> {
         "--ignore-not-found",
         "--timeout=60s",
     ])?;
+    Ok(())
+}
+
+fn uninstall_elasti() -> Result<()> {
+    delete_elastiservice()?;
     let local = paths::repo().join("deploy/local");
     kubectl(&[
         "delete",

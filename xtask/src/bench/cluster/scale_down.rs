@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::{
-    NS, curl_timed, kubectl, scale_patch, summary, wait,
+    NS, curl_timed, delete_elastiservice, kubectl, scale_patch, summary, wait,
     watch::{Watch, ms_between},
 };
 use crate::{cluster, demo};
@@ -47,19 +47,6 @@ spec:
 "#,
         prometheus = demo::PROMETHEUS
     )
-}
-
-fn delete_elastiservice() -> Result<()> {
-    kubectl(&[
-        "-n",
-        NS,
-        "delete",
-        "elastiservice",
-        "web",
-        "--ignore-not-found",
-        "--timeout=60s",
-    ])?;
-    Ok(())
 }
 
 /// `rounds` scale-downs at the cooldown's end. Starts Prometheus; leaves `web` at one
