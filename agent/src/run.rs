@@ -439,7 +439,8 @@ impl State {
 
 /// Each held connection costs two descriptors (client and pod), and runtimes often start
 /// containers with a soft limit of 1024: raise it to the hard limit, as Go programs do.
-fn raise_fd_limit() {
+/// (`elasti-bench`, which holds as many, calls it too.)
+pub fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {

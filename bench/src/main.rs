@@ -60,25 +60,16 @@ struct Results {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Every mode holds or opens tens of thousands of sockets.
+    elasti_agent::run::raise_fd_limit();
     match args.cmd {
-        Some(Cmd::ConnectLoop { target, loops }) => {
-            raise_nofile();
-            connect_cost::connect_loop(target, loops)
-        }
+        Some(Cmd::ConnectLoop { target, loops }) => connect_cost::connect_loop(target, loops),
         Some(Cmd::Backend { protocol }) => {
-            raise_nofile();
             tokio::runtime::Runtime::new()?.block_on(hold::backend(protocol == "http"))
         }
-        Some(Cmd::HoldClients { addr, n, protocol }) => {
-            raise_nofile();
-            tokio::runtime::Runtime::new()?.block_on(hold::hold_clients(
-                addr,
-                n,
-                protocol == "http",
-            ))
-        }
+        Some(Cmd::HoldClients { addr, n, protocol }) => tokio::runtime::Runtime::new()?
+            .block_on(hold::hold_clients(addr, n, protocol == "http")),
         None => {
-            raise_nofile();
             let connect = connect_cost::run(args.connects, args.rounds)?;
             let rt = tokio::runtime::Runtime::new()?;
             let handoff = rt.block_on(hold::handoff(args.wakes))?;
@@ -169,12 +160,4 @@ fn date() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-/// Tens of thousands of sockets need more than the default 1024 descriptors.
-fn raise_nofile() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }

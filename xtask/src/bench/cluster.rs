@@ -49,6 +49,11 @@ fn kubectl(args: &[&str]) -> Result<String> {
     cmd::output("kubectl", cluster::kubectl().args(args))
 }
 
+/// `kubectl -n elasti-bench get <what> -o jsonpath=<path>`.
+fn jsonpath(what: &str, path: &str) -> Result<String> {
+    kubectl(&["-n", NS, "get", what, "-o", &format!("jsonpath={path}")])
+}
+
 /// Runs `program` in the netns from a cgroup under the pods' subtree, so its connects are
 /// intercepted exactly like a pod's (it shares the node's network, like a hostNetwork
 /// pod). Returns its standard output.
@@ -112,15 +117,7 @@ fn install_elasti() -> Result<()> {
         "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {{name: web, namespace: {NS}}}\nspec:\n  service: web\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n"
     ))?;
     wait("mode serve", || {
-        Ok(kubectl(&[
-            "-n",
-            NS,
-            "get",
-            "elastiservice",
-            "web",
-            "-o",
-            "jsonpath={.status.mode}",
-        ])? == "serve")
+        Ok(jsonpath("elastiservice/web", "{.status.mode}")? == "serve")
     })
 }
 
@@ -304,15 +301,7 @@ fn measure(rounds: usize, figures: &[Figure]) -> Result<Section> {
         "deploy/web",
         "--timeout=120s",
     ])?;
-    let ip = kubectl(&[
-        "-n",
-        NS,
-        "get",
-        "svc",
-        "web",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
+    let ip = jsonpath("svc/web", "{.spec.clusterIP}")?;
     let url = format!("http://{ip}/");
     let mut rows = String::new();
     let mut json = serde_json::Map::new();
@@ -414,9 +403,6 @@ fn warm(url: &str, rounds: usize) -> Result<Section> {
 
 /// Through the agent's proxy port versus straight to the pod.
 fn grace(rounds: usize) -> Result<Section> {
-    let jsonpath = |what: &str, path: &str| {
-        kubectl(&["-n", NS, "get", what, "-o", &format!("jsonpath={path}")])
-    };
     let proxy_port = jsonpath("elastiservice/web", "{.status.proxyPorts[0].proxyPort}")?;
     let pod_ip = kubectl(&[
         "-n",

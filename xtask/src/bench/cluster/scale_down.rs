@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::{
-    NS, curl_timed, delete_elastiservice, kubectl, scale_patch, summary, wait,
+    NS, curl_timed, delete_elastiservice, jsonpath, scale_patch, summary, wait,
     watch::{Watch, ms_between},
 };
 use crate::{cluster, demo};
@@ -81,15 +81,7 @@ pub fn measure(rounds: usize) -> Result<ScaleDowns> {
     for i in 0..rounds {
         scale_patch(1)?;
         wait("web Ready", || {
-            Ok(kubectl(&[
-                "-n",
-                NS,
-                "get",
-                "deploy",
-                "web",
-                "-o",
-                "jsonpath={.status.readyReplicas}",
-            ])? == "1")
+            Ok(jsonpath("deploy/web", "{.status.readyReplicas}")? == "1")
         })?;
         let (query_ms, code) =
             curl_timed(&["-G", "--data-urlencode", "query=vector(0)", &query_url])?;
@@ -100,15 +92,7 @@ pub fn measure(rounds: usize) -> Result<ScaleDowns> {
         r.baseline.push(query_ms + patch_ms);
 
         cluster::apply(&elastiservice())?;
-        let created = kubectl(&[
-            "-n",
-            NS,
-            "get",
-            "elastiservice",
-            "web",
-            "-o",
-            "jsonpath={.metadata.creationTimestamp}",
-        ])?;
+        let created = jsonpath("elastiservice/web", "{.metadata.creationTimestamp}")?;
         let created: SystemTime = created
             .parse::<jiff::Timestamp>()
             .with_context(|| format!("creationTimestamp {created:?}"))?
