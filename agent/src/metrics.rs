@@ -195,6 +195,16 @@ impl Metrics {
         self.peernames.get_or_create(&l).inc_by(peernames);
     }
 
+    /// Drops `id`'s gauges once it is no longer managed: a gauge of a service that is gone
+    /// would otherwise report its last value forever, and an agent that sees services come
+    /// and go would keep a series for each. Counters and the histogram stay, as
+    /// cumulative series do in Prometheus, until the agent restarts.
+    pub fn forget(&self, id: &ServiceId) {
+        let labels = ServiceLabels::from(id);
+        self.held.remove(&labels);
+        self.intercepting.remove(&labels);
+    }
+
     /// The gauge a [`crate::hold::HeldService`] keeps its queue length in.
     pub fn held_gauge(&self, id: &ServiceId) -> Gauge {
         self.held.get_or_create(&ServiceLabels::from(id)).clone()
@@ -248,6 +258,35 @@ mod tests {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forgotten_service_keeps_its_counters_and_loses_its_gauges() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let id = ServiceId {
+            namespace: "ns".into(),
+            name: "web".into(),
+            port: 80,
+        };
+        m.outcome(&id, Protocol::Http1, Outcome::ForwardedAfterHold);
+        m.held_gauge(&id).set(0);
+        m.intercepting(&id, false);
+        m.forget(&id);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("elasti_agent_outcomes_total{namespace=\"ns\"")),
+            "{text}"
+        );
+        for gone in ["elasti_agent_held{", "elasti_agent_intercepting{"] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(gone)),
+                "{gone} in:\n{text}"
             );
         }
     }

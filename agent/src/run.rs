@@ -269,6 +269,7 @@ impl State {
         for id in gone {
             if let Some(mut a) = self.held.remove(&id) {
                 release(interceptor, &mut a, &self.metrics);
+                self.metrics.forget(&id);
                 self.draining.push(a.listener.active());
                 self.ids.release(&id);
                 if let Ok(mut r) = self.receivers.lock() {

@@ -52,6 +52,53 @@ pub fn wait_intercepting(namespace: &str, service: &str, port: u16) -> Result<()
     )
 }
 
+/// Waits until kube-proxy (iptables mode, in this netns) sends `namespace/service` only to
+/// endpoints `accept`s (and to at least one), and returns them. kube-proxy applies
+/// EndpointSlice changes up to a sync period late; a connect made before that follows the
+/// old rules.
+pub fn wait_kube_proxy_sends(
+    namespace: &str,
+    service: &str,
+    what: &str,
+    accept: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    wait_until(
+        &format!("kube-proxy sending {namespace}/{service} to {what}"),
+        Duration::from_secs(30),
+        || {
+            let endpoints = kube_proxy_endpoints(&nat_rules().ok()?, namespace, service);
+            (!endpoints.is_empty() && endpoints.iter().all(|e| accept(e))).then_some(endpoints)
+        },
+    )
+}
+
+/// The endpoints kube-proxy's Service chain for `namespace/service` jumps to: its rules are
+/// commented `"<ns>/<svc>:<port> -> <ip>:<port>"`.
+fn kube_proxy_endpoints(rules: &str, namespace: &str, service: &str) -> Vec<String> {
+    let comment = format!("--comment \"{namespace}/{service}:");
+    rules
+        .lines()
+        .filter_map(|l| l.split_once(&comment))
+        .filter_map(|(_, rest)| rest.split_once(" -> "))
+        .filter_map(|(_, rest)| rest.split_once('"'))
+        .map(|(endpoint, _)| endpoint.to_string())
+        .collect()
+}
+
+/// The NAT table of this netns, where kube-proxy writes its Service rules.
+fn nat_rules() -> Result<String> {
+    let out = std::process::Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .context("running iptables-save")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables-save: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// This test process, moved into a cgroup under the pods' subtree: its connects are
 /// intercepted exactly like a pod's (it shares the node's network, like a hostNetwork
 /// pod). Moved back, and the cgroup removed, on drop.
@@ -131,6 +178,22 @@ pub fn scenario(number: u32, title: &str, body: impl FnOnce() -> Result<()>) {
             .filter(|l| l.starts_with("NAMESPACE") || l.starts_with(&prefix))
             .collect();
         eprintln!("--- objects (scenario {number}) ---\n{}", state.join("\n"));
+        // Where kube-proxy sent the scenario's Services (NodePort and fallback paths).
+        let rules = nat_rules().unwrap_or_else(|e| e.to_string());
+        let quoted = format!("\"{prefix}");
+        let rules: Vec<&str> = rules.lines().filter(|l| l.contains(&quoted)).collect();
+        eprintln!(
+            "--- kube-proxy rules (scenario {number}) ---\n{}",
+            rules.join("\n")
+        );
+        // What the agent counted for the scenario's services (held, forwarded, refused).
+        let metrics = crate::metrics_text(AGENT_ADMIN);
+        let quoted = format!("namespace=\"{prefix}");
+        let metrics: Vec<&str> = metrics.lines().filter(|l| l.contains(&quoted)).collect();
+        eprintln!(
+            "--- agent metrics (scenario {number}) ---\n{}",
+            metrics.join("\n")
+        );
         // What elasti said while it failed.
         for (what, selector) in [
             ("operator", "app.kubernetes.io/name=elasti-operator"),
@@ -242,4 +305,25 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"))
         .block_on(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kube_proxy_endpoints;
+
+    #[test]
+    fn kube_proxy_endpoints_are_read_from_the_service_chain_jumps() {
+        let rules = r#"-A KUBE-NODEPORTS -p tcp -m comment --comment "s/web:http" -m tcp --dport 32049 -j KUBE-EXT-3C
+-A KUBE-SEP-SK -p tcp -m comment --comment "s/web:http" -m tcp -j DNAT --to-destination 10.244.0.35:8080
+-A KUBE-SVC-3C ! -s 10.244.0.0/24 -d 10.96.12.239/32 -p tcp -m comment --comment "s/web:http cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-3C -m comment --comment "s/web:http -> 10.244.0.35:8080" -m statistic --mode random --probability 0.5 -j KUBE-SEP-SK
+-A KUBE-SVC-3C -m comment --comment "s/web:http -> 10.250.0.2:24000" -j KUBE-SEP-GZ
+-A KUBE-SVC-99 -m comment --comment "s/webber:http -> 10.244.0.9:8080" -j KUBE-SEP-99
+-A KUBE-SVC-98 -m comment --comment "other/web:http -> 10.244.0.8:8080" -j KUBE-SEP-98"#;
+        assert_eq!(
+            kube_proxy_endpoints(rules, "s", "web"),
+            ["10.244.0.35:8080", "10.250.0.2:24000"]
+        );
+        assert!(kube_proxy_endpoints(rules, "s", "db").is_empty());
+    }
 }

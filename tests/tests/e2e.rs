@@ -291,8 +291,10 @@ fn scenario_05_deleting_the_elastiservice_at_zero_scales_back_and_cleans_up() {
             );
             let prefix =
                 format!(r#"elasti_agent_intercepting{{namespace="{ns}",service="web",port="80"}}"#);
+            // Released: the service's gauges are gone from /metrics, not left at a value.
             wait_until("agent lets go", Duration::from_secs(30), || {
-                (agent_metric(&prefix) != Some(1.0)).then_some(())
+                let text = metrics_text(AGENT_ADMIN);
+                (!text.is_empty() && !text.contains(&prefix)).then_some(())
             })?;
             Ok(())
         },
@@ -322,6 +324,11 @@ fn scenario_06_nodeport_traffic_reaches_an_agent_through_the_fallback_slice() {
                 r#"{"spec":{"type":"NodePort"}}"#,
             ])?;
             wait_mode(ns, "web", "serve")?;
+            let warm = ready_pods(ns, "web")?;
+            let agent = |e: &str| e.starts_with(&format!("{NODE_IP}:"));
+            // kube-proxy has caught up with serve (the pod), so that the agent seen below
+            // is the slice published at 0, not the one from before the pod was first Ready.
+            wait_kube_proxy_sends(ns, "web", "the pod", |e| !agent(e))?;
             scale_to_zero_and_wait_held(ns, "deployment", "web")?;
             let node_port: u16 = kubectl(&[
                 "-n",
@@ -333,9 +340,23 @@ fn scenario_06_nodeport_traffic_reaches_an_agent_through_the_fallback_slice() {
                 "jsonpath={.spec.ports[0].nodePort}",
             ])?
             .parse()?;
-            wait_until("fallback slice", Duration::from_secs(30), || {
-                kubectl(&["-n", ns, "get", "endpointslice", "web-elasti-ipv4"]).ok()
+            let proxy_port = wait_until("fallback slice", Duration::from_secs(30), || {
+                kubectl(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "endpointslice",
+                    "web-elasti-ipv4",
+                    "-o",
+                    "jsonpath={.ports[0].port}",
+                ])
+                .ok()
+                .filter(|p| !p.is_empty())
             })?;
+            // Until kube-proxy has the slice, NodePort connects still reach the terminating
+            // pod, which answers them itself: only a later connect is elasti's to hold.
+            let fallback = format!("{NODE_IP}:{proxy_port}");
+            wait_kube_proxy_sends(ns, "web", "the agent", |e| e == fallback)?;
             // From the node's network, outside every intercepted cgroup: only kube-proxy and
             // the fallback slice can bring this to an agent.
             let r = get_from_netns(
@@ -346,6 +367,11 @@ fn scenario_06_nodeport_traffic_reaches_an_agent_through_the_fallback_slice() {
             ensure!(
                 r.starts_with("HTTP/1.1 200") && r.contains("pod=web-"),
                 "{r}"
+            );
+            // Held and answered by the pod the wake started, not by the one scaled away.
+            ensure!(
+                !warm.iter().any(|p| r.contains(&format!("pod={p}\n"))),
+                "answered by {warm:?}, the pod scaled away: {r}"
             );
             wait_mode(ns, "web", "serve")?;
             Ok(())
