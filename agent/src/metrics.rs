@@ -228,24 +228,38 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_family_is_registered_and_encodes() {
+    fn registered() -> (Registry, Metrics) {
         let mut registry = Registry::default();
         let m = Metrics::register(&mut registry);
-        let id = ServiceId {
+        (registry, m)
+    }
+
+    fn web() -> ServiceId {
+        ServiceId {
             namespace: "ns".into(),
             name: "web".into(),
             port: 80,
-        };
+        }
+    }
+
+    fn encode(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        text
+    }
+
+    #[test]
+    fn every_family_is_registered_and_encodes() {
+        let (registry, m) = registered();
+        let id = web();
         m.outcome(&id, Protocol::Tcp, Outcome::QueueFull);
         m.rewrites(&id, 2, 1);
         m.wake(&id, WakeResult::Accepted);
         m.waited(&id, Duration::from_millis(3));
         m.held_gauge(&id).set(4);
         m.intercepting(&id, true);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let text = encode(&registry);
         for line in [
             r#"elasti_agent_outcomes_total{namespace="ns",service="web",port="80",protocol="Tcp",outcome="QueueFull"} 1"#,
             r#"elasti_agent_ebpf_connects_steered_total{namespace="ns",service="web",port="80"} 2"#,
@@ -264,20 +278,13 @@ mod tests {
 
     #[test]
     fn a_forgotten_service_keeps_its_counters_and_loses_its_gauges() {
-        let mut registry = Registry::default();
-        let m = Metrics::register(&mut registry);
-        let id = ServiceId {
-            namespace: "ns".into(),
-            name: "web".into(),
-            port: 80,
-        };
+        let (registry, m) = registered();
+        let id = web();
         m.outcome(&id, Protocol::Http1, Outcome::ForwardedAfterHold);
         m.held_gauge(&id).set(0);
         m.intercepting(&id, false);
         m.forget(&id);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let text = encode(&registry);
         assert!(
             text.lines()
                 .any(|l| l.starts_with("elasti_agent_outcomes_total{namespace=\"ns\"")),
