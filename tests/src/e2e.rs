@@ -53,7 +53,7 @@ pub fn wait_intercepting(namespace: &str, service: &str, port: u16) -> Result<()
 }
 
 /// Waits until kube-proxy (iptables mode, in this netns) sends `namespace/service` only to
-/// endpoints `accept`s (and to at least one), and returns them. kube-proxy applies
+/// endpoints `accept`s (and to at least one). kube-proxy applies
 /// EndpointSlice changes up to a sync period late; a connect made before that follows the
 /// old rules.
 pub fn wait_kube_proxy_sends(
@@ -61,13 +61,13 @@ pub fn wait_kube_proxy_sends(
     service: &str,
     what: &str,
     accept: impl Fn(&str) -> bool,
-) -> Result<Vec<String>> {
+) -> Result<()> {
     wait_until(
         &format!("kube-proxy sending {namespace}/{service} to {what}"),
         Duration::from_secs(30),
         || {
             let endpoints = kube_proxy_endpoints(&nat_rules().ok()?, namespace, service);
-            (!endpoints.is_empty() && endpoints.iter().all(|e| accept(e))).then_some(endpoints)
+            (!endpoints.is_empty() && endpoints.iter().all(|e| accept(e))).then_some(())
         },
     )
 }
@@ -180,20 +180,11 @@ pub fn scenario(number: u32, title: &str, body: impl FnOnce() -> Result<()>) {
         eprintln!("--- objects (scenario {number}) ---\n{}", state.join("\n"));
         // Where kube-proxy sent the scenario's Services (NodePort and fallback paths).
         let rules = nat_rules().unwrap_or_else(|e| e.to_string());
-        let quoted = format!("\"{prefix}");
-        let rules: Vec<&str> = rules.lines().filter(|l| l.contains(&quoted)).collect();
-        eprintln!(
-            "--- kube-proxy rules (scenario {number}) ---\n{}",
-            rules.join("\n")
-        );
+        eprint_lines_with("kube-proxy rules", number, &rules, &format!("\"{prefix}"));
         // What the agent counted for the scenario's services (held, forwarded, refused).
         let metrics = crate::metrics_text(AGENT_ADMIN);
-        let quoted = format!("namespace=\"{prefix}");
-        let metrics: Vec<&str> = metrics.lines().filter(|l| l.contains(&quoted)).collect();
-        eprintln!(
-            "--- agent metrics (scenario {number}) ---\n{}",
-            metrics.join("\n")
-        );
+        let needle = format!("namespace=\"{prefix}");
+        eprint_lines_with("agent metrics", number, &metrics, &needle);
         // What elasti said while it failed.
         for (what, selector) in [
             ("operator", "app.kubernetes.io/name=elasti-operator"),
@@ -217,6 +208,12 @@ pub fn scenario(number: u32, title: &str, body: impl FnOnce() -> Result<()>) {
         Ok(Err(e)) => panic!("scenario {number} ({title}): {e:#}"),
         Err(p) => std::panic::resume_unwind(p),
     }
+}
+
+/// Prints, under a `what` header, the lines of `text` that contain `needle`.
+fn eprint_lines_with(what: &str, number: u32, text: &str, needle: &str) {
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+    eprintln!("--- {what} (scenario {number}) ---\n{}", lines.join("\n"));
 }
 
 /// A Deployment (or StatefulSet) of the HTTP workload and its Service, with `env` lines

@@ -341,16 +341,11 @@ fn scenario_06_nodeport_traffic_reaches_an_agent_through_the_fallback_slice() {
             ])?
             .parse()?;
             let proxy_port = wait_until("fallback slice", Duration::from_secs(30), || {
-                kubectl(&[
-                    "-n",
+                Some(jsonpath(
                     ns,
-                    "get",
-                    "endpointslice",
-                    "web-elasti-ipv4",
-                    "-o",
-                    "jsonpath={.ports[0].port}",
-                ])
-                .ok()
+                    "endpointslice/web-elasti-ipv4",
+                    "{.ports[0].port}",
+                ))
                 .filter(|p| !p.is_empty())
             })?;
             // Until kube-proxy has the slice, NodePort connects still reach the terminating
