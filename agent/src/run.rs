@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -477,16 +477,21 @@ fn release(interceptor: &mut Interceptor, a: &mut Active, metrics: &Metrics) {
 }
 
 /// The cgroup to attach at: the flag's path, or with `auto` the host's cgroup v2 root.
+///
+/// A path that is not itself on a cgroup2 filesystem but holds one at `unified/` (the
+/// host's `/sys/fs/cgroup` of a cgroup v1 hybrid host, mounted as the DaemonSet's hostPath)
+/// resolves to that, so one chart value serves pure v2 and hybrid nodes.
 fn resolve_cgroup(flag: &str) -> Result<PathBuf, Error> {
     if flag != "auto" {
         let p = PathBuf::from(flag);
-        return if p.join("cgroup.procs").exists() {
-            Ok(p)
-        } else {
-            Err(Error::Cgroup(format!(
-                "{flag} is not a cgroup v2 directory"
-            )))
-        };
+        return [p.clone(), p.join("unified")]
+            .into_iter()
+            .find(|c| is_cgroup2(c))
+            .ok_or_else(|| {
+                Error::Cgroup(format!(
+                    "{flag} is not a cgroup v2 directory and holds none at unified/"
+                ))
+            });
     }
     let root = cgroup2_mount().ok_or_else(|| {
         Error::Cgroup("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified".into())
@@ -500,6 +505,13 @@ fn resolve_cgroup(flag: &str) -> Result<PathBuf, Error> {
         ))),
         Err(e) => Err(Error::Cgroup(format!("{}: {e}", root.display()))),
     }
+}
+
+/// Whether `dir` is a directory of a cgroup2 filesystem (a v1 hierarchy has
+/// `cgroup.procs` too, so the file alone does not tell).
+fn is_cgroup2(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// This process's cgroup v2 id, from `/proc/self/cgroup`'s `0::<path>` line.
@@ -525,5 +537,28 @@ async fn shutdown_signal() {
     tokio::select! {
         () = term => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostpath_of_sys_fs_cgroup_resolves_to_its_v2_hierarchy() {
+        let Some(v2) = cgroup2_mount() else {
+            eprintln!("SKIPPED: this machine has no cgroup v2 mount");
+            return;
+        };
+        // The chart's default hostPath is the node's /sys/fs/cgroup: on a hybrid host the
+        // v2 hierarchy is at unified/ below it, on a pure v2 host it is that folder.
+        let resolved = resolve_cgroup("/sys/fs/cgroup").expect("resolves");
+        assert_eq!(resolved, v2);
+        assert!(is_cgroup2(&resolved));
+        // A v1 hierarchy has cgroup.procs too, but is refused.
+        if Path::new("/sys/fs/cgroup/cpu/cgroup.procs").exists() {
+            assert!(resolve_cgroup("/sys/fs/cgroup/cpu").is_err());
+        }
+        assert!(resolve_cgroup("/nonexistent").is_err());
     }
 }

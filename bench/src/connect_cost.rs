@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use elasti_agent::intercept::Interceptor;
 use serde::Serialize;
 
-use crate::stats::{Summary, summarize};
+use elasti_testbed::stats::{Summary, summarize};
 
 /// A ClusterIP that exists nowhere; only the map makes connects to it succeed.
 const CLUSTER_IP: &str = "10.96.0.50:80";

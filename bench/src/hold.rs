@@ -23,7 +23,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use crate::stats::{Summary, summarize};
+use elasti_testbed::stats::{Summary, summarize};
 
 struct NoWake;
 

@@ -9,7 +9,6 @@ use serde::Serialize;
 
 mod connect_cost;
 mod hold;
-mod stats;
 
 #[derive(Parser)]
 #[command(about)]

@@ -14,16 +14,72 @@ mod reflect;
 
 pub use reflect::{Events, reflect};
 
-/// Installs the global `tracing` subscriber: `RUST_LOG` (default `info`), text or JSON.
+/// Installs the global `tracing` subscriber: `RUST_LOG` (default `info`), text or JSON, on
+/// stdout. Text is coloured only on a terminal: under `kubectl logs` escape codes are noise.
 pub fn init_tracing(json: bool) {
+    use std::io::IsTerminal;
+    let ansi = std::io::stdout().is_terminal();
+    let _ = tracing::subscriber::set_global_default(subscriber(json, ansi, std::io::stdout));
+}
+
+/// The subscriber [`init_tracing`] installs, writing to `writer`.
+fn subscriber<W>(json: bool, ansi: bool, writer: W) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     if json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+        Box::new(fmt.json().finish())
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        Box::new(fmt.with_ansi(ansi).finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(ansi: bool) -> String {
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let sub = subscriber(false, ansi, move || out.clone());
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(service = "web", "held");
+        });
+        let bytes = buffer.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn text_logs_off_a_terminal_carry_no_escape_codes() {
+        let text = logged(false);
+        assert!(
+            text.contains("held") && text.contains("service=\"web\""),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "escape codes in {text:?}");
+        assert!(logged(true).contains('\x1b'), "a terminal gets colour");
     }
 }

@@ -1,6 +1,6 @@
-//! Helpers for the end-to-end scenarios (`tests/tests/e2e.rs`): elasti installed from
-//! `deploy/local` (the DaemonSet and the operator Deployment), clients inside the pods'
-//! intercepted cgroup, the agents' metrics, and the scenario table.
+//! Helpers for the end-to-end scenarios (`tests/tests/e2e.rs`): elasti installed from its
+//! Helm chart (the agent DaemonSet on every node, the operator Deployment), clients inside
+//! a node's intercepted cgroup, the agents' metrics, and the scenario table.
 use std::{
     io::Write,
     path::PathBuf,
@@ -8,54 +8,61 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use elasti_api::Mode;
+use elasti_testbed::kind::Node;
 
-use crate::{jsonpath, kubectl, wait_until};
+use crate::{Kind, cluster, elasti, kube, kubectl, wait_mode, wait_until};
 
-/// The pods' cgroup subtree in the local cluster (kubelet's cgroupRoot on the v2 mount).
-pub const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
-/// The agent's admin server on the node (the DaemonSet runs on the host network).
-pub const AGENT_ADMIN: &str = "10.250.0.2:9095";
-/// The node's address (NodePorts, the fallback slice's endpoints).
-pub const NODE_IP: &str = "10.250.0.2";
-
-/// `kubectl apply -k deploy/local`, then waits for the agent and the operator.
+/// `helm upgrade --install` of the chart with its defaults, then waits for the agents and
+/// the operator.
 pub fn install_elasti() -> Result<()> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local");
-    kubectl(&["apply", "-k", dir])?;
-    for what in ["daemonset/elasti-agent", "deployment/elasti-operator"] {
-        kubectl(&[
-            "-n",
-            "elasti-system",
-            "rollout",
-            "status",
-            what,
-            "--timeout=180s",
-        ])?;
-    }
-    Ok(())
+    elasti::install(elasti::helm(), &[])
 }
 
-/// The first agent metric line starting with `prefix`, its value.
+/// The agent admin address on the node the suites run on.
+pub fn home_agent() -> String {
+    elasti::agent_admin(&cluster().home().ip)
+}
+
+/// The first metric line of the home node's agent starting with `prefix`, its value.
 pub fn agent_metric(prefix: &str) -> Option<f64> {
-    crate::metric_value(AGENT_ADMIN, prefix)
+    crate::metric_value(&home_agent(), prefix)
 }
 
-/// Waits until the agent steers connects to `namespace/service:port` to itself.
+/// The value of `prefix` on every node's agent, by node name.
+pub fn agent_metric_on_every_node(prefix: &str) -> Vec<(String, Option<f64>)> {
+    cluster()
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                crate::metric_value(&elasti::agent_admin(&n.ip), prefix),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every node's agent steers connects to `namespace/service:port` to itself.
 pub fn wait_intercepting(namespace: &str, service: &str, port: u16) -> Result<()> {
-    let prefix = format!(
-        r#"elasti_agent_intercepting{{namespace="{namespace}",service="{service}",port="{port}"}}"#
-    );
+    let prefix = elasti::port_series("intercepting", namespace, service, port);
     wait_until(
-        &format!("the agent holding {namespace}/{service}:{port}"),
+        &format!("every agent holding {namespace}/{service}:{port}"),
         Duration::from_secs(60),
-        || (agent_metric(&prefix) == Some(1.0)).then_some(()),
+        || {
+            agent_metric_on_every_node(&prefix)
+                .iter()
+                .all(|(_, v)| *v == Some(1.0))
+                .then_some(())
+        },
     )
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", agent_metric_on_every_node(&prefix)))
 }
 
-/// Waits until kube-proxy (iptables mode, in this netns) sends `namespace/service` only to
-/// endpoints `accept`s (and to at least one). kube-proxy applies
-/// EndpointSlice changes up to a sync period late; a connect made before that follows the
-/// old rules.
+/// Waits until kube-proxy (iptables mode, on the node this process runs on) sends
+/// `namespace/service` only to endpoints `accept`s (and to at least one). kube-proxy
+/// applies EndpointSlice changes up to a sync period late; a connect made before that
+/// follows the old rules.
 pub fn wait_kube_proxy_sends(
     namespace: &str,
     service: &str,
@@ -85,7 +92,7 @@ fn kube_proxy_endpoints(rules: &str, namespace: &str, service: &str) -> Vec<Stri
         .collect()
 }
 
-/// The NAT table of this netns, where kube-proxy writes its Service rules.
+/// The NAT table of this netns (the node's), where kube-proxy writes its Service rules.
 fn nat_rules() -> Result<String> {
     let out = std::process::Command::new("iptables-save")
         .args(["-t", "nat"])
@@ -99,27 +106,30 @@ fn nat_rules() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// This test process, moved into a cgroup under the pods' subtree: its connects are
-/// intercepted exactly like a pod's (it shares the node's network, like a hostNetwork
-/// pod). Moved back, and the cgroup removed, on drop.
+/// This test process, moved into a cgroup under a node's cgroup: its connects are
+/// intercepted by that node's agent exactly like a pod's there (threads that enter the
+/// node's network namespace share its network, like a hostNetwork pod). Moved back, and
+/// the cgroup removed, on drop.
 pub struct InPodsCgroup {
     dir: PathBuf,
     home: PathBuf,
 }
 
 impl InPodsCgroup {
+    /// Under the node the suites run on (whose network namespace this process is in).
     pub fn enter(name: &str) -> Result<Self> {
+        Self::enter_on(cluster().home(), name)
+    }
+
+    /// Under `node`'s cgroup.
+    pub fn enter_on(node: &Node, name: &str) -> Result<Self> {
         let text = std::fs::read_to_string("/proc/self/cgroup")?;
         let rel = text
             .lines()
             .find_map(|l| l.strip_prefix("0::"))
             .context("no cgroup v2 line in /proc/self/cgroup")?;
-        let root = PathBuf::from(PODS_CGROUP)
-            .parent()
-            .map(PathBuf::from)
-            .context("cgroup root")?;
-        let home = root.join(rel.trim_start_matches('/'));
-        let dir = PathBuf::from(PODS_CGROUP).join(format!("e2e-{name}"));
+        let home = elasti_testbed::kind::cgroup2_mount().join(rel.trim_start_matches('/'));
+        let dir = node.cgroup()?.join(format!("elasti-e2e-{name}"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("joining {}", dir.display()))?;
@@ -163,50 +173,64 @@ pub fn scenario(number: u32, title: &str, body: impl FnOnce() -> Result<()>) {
         );
     }
     if !ok {
-        // The scenario's objects as they were when it failed, for the CI log.
-        let prefix = format!("e2e-s{number:02}-");
-        let state = kubectl(&[
-            "get",
-            "elastiservices,deployments,statefulsets,pods,endpointslices,events",
-            "-A",
-            "-o",
-            "wide",
-        ])
-        .unwrap_or_else(|e| e.to_string());
-        let state: Vec<&str> = state
-            .lines()
-            .filter(|l| l.starts_with("NAMESPACE") || l.starts_with(&prefix))
-            .collect();
-        eprintln!("--- objects (scenario {number}) ---\n{}", state.join("\n"));
-        // Where kube-proxy sent the scenario's Services (NodePort and fallback paths).
-        let rules = nat_rules().unwrap_or_else(|e| e.to_string());
-        eprint_lines_with("kube-proxy rules", number, &rules, &format!("\"{prefix}"));
-        // What the agent counted for the scenario's services (held, forwarded, refused).
-        let metrics = crate::metrics_text(AGENT_ADMIN);
-        let needle = format!("namespace=\"{prefix}");
-        eprint_lines_with("agent metrics", number, &metrics, &needle);
-        // What elasti said while it failed.
-        for (what, selector) in [
-            ("operator", "app.kubernetes.io/name=elasti-operator"),
-            ("agent", "app.kubernetes.io/name=elasti-agent"),
-        ] {
-            let logs = kubectl(&[
-                "-n",
-                "elasti-system",
-                "logs",
-                "-l",
-                selector,
-                "--tail=80",
-                "--prefix",
-            ])
-            .unwrap_or_else(|e| e.to_string());
-            eprintln!("--- {what} logs (scenario {number}) ---\n{logs}");
-        }
+        dump_failure(number);
     }
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => panic!("scenario {number} ({title}): {e:#}"),
         Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// The scenario's objects, kube-proxy rules, every agent's metrics and elasti's logs as
+/// they were when it failed, for the CI log.
+fn dump_failure(number: u32) {
+    let prefix = format!("e2e-s{number:02}");
+    let state = kubectl(&[
+        "get",
+        "elastiservices,deployments,statefulsets,pods,endpointslices,events",
+        "-A",
+        "-o",
+        "wide",
+    ])
+    .unwrap_or_else(|e| e.to_string());
+    let state: Vec<&str> = state
+        .lines()
+        .filter(|l| l.starts_with("NAMESPACE") || l.starts_with(&prefix))
+        .collect();
+    eprintln!("--- objects (scenario {number}) ---\n{}", state.join("\n"));
+    let rules = nat_rules().unwrap_or_else(|e| e.to_string());
+    eprint_lines_with(
+        "kube-proxy rules (home node)",
+        number,
+        &rules,
+        &format!("\"{prefix}"),
+    );
+    let needle = format!("namespace=\"{prefix}");
+    for node in &cluster().nodes {
+        let metrics = crate::metrics_text(&elasti::agent_admin(&node.ip));
+        eprint_lines_with(
+            &format!("agent metrics on {}", node.name),
+            number,
+            &metrics,
+            &needle,
+        );
+    }
+    for (what, selector) in [
+        ("operator", "app.kubernetes.io/name=elasti-operator"),
+        ("agent", "app.kubernetes.io/name=elasti-agent"),
+    ] {
+        let logs = kubectl(&[
+            "-n",
+            elasti::NAMESPACE,
+            "logs",
+            "-l",
+            selector,
+            "--tail=80",
+            "--prefix",
+        ])
+        .unwrap_or_else(|e| e.to_string());
+        eprintln!("--- {what} logs (scenario {number}) ---\n{logs}");
     }
 }
 
@@ -216,81 +240,11 @@ fn eprint_lines_with(what: &str, number: u32, text: &str, needle: &str) {
     eprintln!("--- {what} (scenario {number}) ---\n{}", lines.join("\n"));
 }
 
-/// A Deployment (or StatefulSet) of the HTTP workload and its Service, with `env` lines
-/// (`{name: K, value: V}`) added to the container.
-pub fn app(name: &str, kind: &str, replicas: u32, env: &[(&str, &str)]) -> String {
-    let env: String = env
-        .iter()
-        .map(|(k, v)| format!("        - {{name: {k}, value: \"{v}\"}}\n"))
-        .collect();
-    let service_name = if kind == "StatefulSet" {
-        format!("  serviceName: {name}\n")
-    } else {
-        String::new()
-    };
-    format!(
-        r#"apiVersion: apps/v1
-kind: {kind}
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-{service_name}  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: http
-        image: {image}
-        imagePullPolicy: Never
-        env:
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-{env}        ports: [{{containerPort: 8080, name: http}}]
-        readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1, failureThreshold: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  selector: {{app: {name}}}
-  ports:
-  - {{name: http, port: 80, targetPort: http}}
-"#,
-        image = crate::HTTP_WORKLOAD_IMAGE
-    )
-}
-
-/// An ElastiService for Service `name` and its `kind` target (no triggers).
-pub fn elastiservice(name: &str, kind: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {{name: {name}}}\nspec:\n  service: {name}\n  minTargetReplicas: 1\n  scaleTargetRef: {{apiVersion: apps/v1, kind: {kind}, name: {name}}}\n{extra}"
-    )
-}
-
-/// `.spec.replicas` of `kind/name`.
-pub fn replicas(namespace: &str, kind: &str, name: &str) -> String {
-    jsonpath(namespace, &format!("{kind}/{name}"), "{.spec.replicas}")
-}
-
 /// Scales `kind/name` to zero and waits until elasti holds its Service (mode `proxy` and
-/// the agent steering connects).
-pub fn scale_to_zero_and_wait_held(namespace: &str, kind: &str, name: &str) -> Result<()> {
-    kubectl(&[
-        "-n",
-        namespace,
-        "scale",
-        &format!("{kind}/{name}"),
-        "--replicas=0",
-    ])?;
-    wait_until("mode proxy", Duration::from_secs(60), || {
-        (jsonpath(
-            namespace,
-            &format!("elastiservice/{name}"),
-            "{.status.mode}",
-        ) == "proxy")
-            .then_some(())
-    })?;
+/// every agent steering connects).
+pub fn scale_to_zero_and_wait_held(namespace: &str, kind: Kind, name: &str) -> Result<()> {
+    kube()?.scale(namespace, kind.plural(), name, 0)?;
+    wait_mode(namespace, name, Mode::Proxy)?;
     wait_intercepting(namespace, name, 80)
 }
 

@@ -1,34 +1,50 @@
-//! Helpers for the cluster suites in `tests/tests/`. They run inside the local cluster's
-//! network namespace with `KUBECONFIG` set (`cargo xtask test` arranges both), and drive
-//! the cluster with the real `kubectl`.
+//! Helpers for the cluster suites in `tests/tests/`, over the one test bed
+//! (`elasti_testbed`). The suites run inside the kind cluster's first worker node (its
+//! network namespace) with `KUBECONFIG` set (`cargo xtask test` arranges both): a process
+//! here sees what a hostNetwork pod on that node sees. Objects are typed and go through
+//! `kube::Client`; `kubectl` is used where a user would use it (exec, scale, rollout,
+//! drain) and for manifests users write themselves (the CRD, KubeElasti samples).
 use std::{
     io::Write,
     process::{Command, Stdio},
+    sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use elasti_api::{ElastiService, Mode};
+use elasti_testbed::kind::Cluster;
+pub use elasti_testbed::{
+    elasti,
+    kube::{TempNamespace, kube},
+    netns,
+    objects::{App, Kind, client_pod, elastiservice, prometheus_trigger},
+};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{Pod, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
 
 pub mod e2e;
 pub mod operator;
 
-/// The images `cargo xtask images` builds; the tag matches `xtask/src/paths.rs`.
-pub const HTTP_WORKLOAD_IMAGE: &str = "elasti.local/elasti-http-workload:0.1.0";
-pub const TCP_ECHO_IMAGE: &str = "elasti.local/elasti-tcp-echo:0.1.0";
-
 /// Fails loudly when the suite runs outside `cargo xtask test`, rather than skipping.
 pub fn require_cluster() {
     assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "cluster suites need the local cluster: run them with `cargo xtask test`"
+        std::env::var_os("KUBECONFIG").is_some()
+            && std::env::var("ELASTI_CLUSTER").as_deref() == Ok("kind"),
+        "cluster suites need the kind cluster: run them with `cargo xtask test`"
     );
 }
 
-/// Whether the suite runs against the local cluster, whose network namespace this process
-/// shares (so ClusterIPs are reachable from here), rather than kind.
-pub fn on_local_cluster() -> bool {
-    std::env::var("ELASTI_CLUSTER").map_or(true, |c| c == "local")
+/// The running cluster's nodes, found once.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::discover().unwrap_or_else(|e| panic!("cluster suites: {e:#}")))
 }
 
 /// Runs `kubectl args…` and returns stdout; stderr is in the error.
@@ -48,7 +64,7 @@ pub fn kubectl(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `kubectl apply -f -` in `namespace`.
+/// `kubectl apply -f -` of a manifest a user would write (YAML), in `namespace`.
 pub fn apply(namespace: &str, manifest: &str) -> Result<()> {
     let mut child = Command::new("kubectl")
         .args(["apply", "-n", namespace, "-f", "-"])
@@ -87,20 +103,6 @@ pub fn install_crd() -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a thread that has entered the network namespace at `netns` (sockets it
-/// opens stay in that namespace), and returns its result.
-pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let netns = netns.to_string();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&netns).unwrap_or_else(|e| panic!("open {netns}: {e}"));
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {netns}: {e}"));
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 /// Polls `check` until it returns `Some`, or fails with `what` after `timeout`.
 pub fn wait_until<T>(
     what: &str,
@@ -119,89 +121,181 @@ pub fn wait_until<T>(
     }
 }
 
-/// A namespace of the test's own, deleted when dropped (the policy-controller habit).
-pub struct TempNamespace {
-    pub name: String,
+/// Applies `app` (workload and Service) in `namespace`.
+pub fn deploy(namespace: &str, app: &App) -> Result<()> {
+    app.apply(kube()?, namespace)
 }
 
-impl TempNamespace {
-    pub fn create(prefix: &str) -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .subsec_nanos();
-        let name = format!("{prefix}-{:x}", nanos ^ std::process::id());
-        kubectl(&["create", "namespace", &name])?;
-        // The default ServiceAccount appears asynchronously; pods are refused until it does.
-        wait_until("default ServiceAccount", Duration::from_secs(30), || {
-            kubectl(&["-n", &name, "get", "serviceaccount", "default"]).ok()
-        })?;
-        Ok(Self { name })
-    }
+/// Applies an ElastiService in `namespace`.
+pub fn apply_es(namespace: &str, es: &ElastiService) -> Result<()> {
+    kube()?.apply(namespace, es).map(drop)
 }
 
-impl Drop for TempNamespace {
-    fn drop(&mut self) {
-        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
-    }
+/// A `client` pod (optionally on `node`) to `kubectl exec` `http-get` in, once Ready.
+pub fn deploy_client(
+    namespace: &str,
+    name: &str,
+    node: Option<&str>,
+    host_network: bool,
+) -> Result<()> {
+    kube()?.apply(namespace, &client_pod(name, node, host_network))?;
+    kube()?.wait_for::<Pod>(
+        namespace,
+        name,
+        "client pod Ready",
+        Duration::from_secs(120),
+        is_ready,
+    )?;
+    Ok(())
 }
 
-/// A Deployment of the HTTP workload (`replicas`) behind a ClusterIP Service `name`
-/// (port 80 → 8080), plus a `client` pod to `kubectl exec` `http-get` in.
-pub fn http_workload(name: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: http
-        image: {HTTP_WORKLOAD_IMAGE}
-        imagePullPolicy: Never
-        env:
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        ports:
-        - {{containerPort: 8080, name: http}}
-        readinessProbe:
-          httpGet: {{path: /healthz, port: http}}
-          periodSeconds: 1
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-spec:
-  selector: {{app: {name}}}
-  ports:
-  - {{name: http, port: 80, targetPort: http}}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: client
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: {HTTP_WORKLOAD_IMAGE}
-    imagePullPolicy: Never
-    env:
-    - {{name: LISTEN, value: "127.0.0.1:18080"}}
-"#
-    )
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// ElastiService `name`, if it exists.
+pub fn es(namespace: &str, name: &str) -> Option<ElastiService> {
+    kube()
+        .ok()?
+        .get_opt::<ElastiService>(namespace, name)
+        .ok()?
+}
+
+/// Its `status.mode`.
+pub fn mode(namespace: &str, name: &str) -> Option<Mode> {
+    es(namespace, name)?.status?.mode
+}
+
+/// Its condition of `type_`.
+pub fn condition(namespace: &str, name: &str, type_: &str) -> Option<Condition> {
+    es(namespace, name)?
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// Waits until ElastiService `name` reports `want`.
+pub fn wait_mode(namespace: &str, name: &str, want: Mode) -> Result<()> {
+    kube()?
+        .wait_for::<ElastiService>(
+            namespace,
+            name,
+            &format!("mode {want:?}"),
+            Duration::from_secs(90),
+            |es| es.status.as_ref().and_then(|s| s.mode) == Some(want),
+        )
+        .map(drop)
+}
+
+/// `.spec.replicas` of the `kind` workload `name` (-1 when it cannot be read).
+pub fn replicas(namespace: &str, kind: Kind, name: &str) -> i32 {
+    let Ok(k) = kube() else { return -1 };
+    let spec = match kind {
+        Kind::Deployment => k
+            .get_opt::<Deployment>(namespace, name)
+            .ok()
+            .flatten()
+            .and_then(|d| d.spec?.replicas),
+        Kind::StatefulSet => k
+            .get_opt::<StatefulSet>(namespace, name)
+            .ok()
+            .flatten()
+            .and_then(|s| s.spec?.replicas),
+    };
+    spec.unwrap_or(-1)
+}
+
+/// Waits until the `kind` workload `name` asks for `want` replicas.
+pub fn wait_replicas(
+    namespace: &str,
+    kind: Kind,
+    name: &str,
+    want: i32,
+    timeout: Duration,
+) -> Result<()> {
+    wait_until(&format!("{name} at {want} replicas"), timeout, || {
+        (replicas(namespace, kind, name) == want).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; last {}", replicas(namespace, kind, name)))
+}
+
+/// The ClusterIP of Service `name` in `namespace`.
+pub fn cluster_ip(namespace: &str, name: &str) -> Result<String> {
+    kube()?
+        .get::<Service>(namespace, name)?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("Service has no ClusterIP")
+}
+
+/// Names of the Ready pods of `app`.
+pub fn ready_pods(namespace: &str, app: &str) -> Result<Vec<String>> {
+    Ok(kube()?
+        .list::<Pod>(namespace, &format!("app={app}"))?
+        .into_iter()
+        .filter(is_ready)
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
+/// The IP of pod `name`.
+pub fn pod_ip(namespace: &str, name: &str) -> Result<String> {
+    kube()?
+        .get::<Pod>(namespace, name)?
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("pod has no IP")
+}
+
+/// `http-get <url>` inside pod `pod` of `namespace`: the response, or the error text.
+pub fn get_from_pod(namespace: &str, pod: &str, url: &str, timeout_secs: u32) -> Result<String> {
+    kubectl(&[
+        "-n",
+        namespace,
+        "exec",
+        pod,
+        "--",
+        "/usr/local/bin/http-get",
+        "--timeout",
+        &timeout_secs.to_string(),
+        url,
+    ])
+}
+
+/// [`get_from_pod`] from the pod named `client`.
+pub fn get_from_client_pod(namespace: &str, url: &str, timeout_secs: u32) -> Result<String> {
+    get_from_pod(namespace, "client", url, timeout_secs)
+}
+
+/// The `/metrics` text of the admin server at `admin` (empty if it does not answer).
+pub fn metrics_text(admin: &str) -> String {
+    elasti::metrics_text(admin)
+}
+
+/// The value of the first metric line at `admin` that starts with `prefix` (labels
+/// included).
+pub fn metric_value(admin: &str, prefix: &str) -> Option<f64> {
+    elasti::sample(&metrics_text(admin), prefix)
+}
+
+/// `GET path` over a plain TCP connection from this thread's network namespace.
+pub fn get_from_netns(addr: &str, path: &str, timeout: Duration) -> Result<String> {
+    elasti::http_get(addr, path, timeout)
+}
+
+/// Runs `f` on a thread inside the network namespace at `netns`.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    netns::run_in(std::path::Path::new(netns), f).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// `{path}` of `what` (`kind/name`) in `namespace`, as `kubectl get -o jsonpath` prints
-/// it; empty when it cannot be read.
+/// it, for objects the suites have no Rust type for (Leases, KEDA's ScaledObject); empty
+/// when it cannot be read.
 pub fn jsonpath(namespace: &str, what: &str, path: &str) -> String {
     kubectl(&[
         "-n",
@@ -212,95 +306,4 @@ pub fn jsonpath(namespace: &str, what: &str, path: &str) -> String {
         &format!("jsonpath={path}"),
     ])
     .unwrap_or_default()
-}
-
-/// The ClusterIP of Service `name` in `namespace`.
-pub fn cluster_ip(namespace: &str, name: &str) -> Result<String> {
-    kubectl(&[
-        "-n",
-        namespace,
-        "get",
-        "svc",
-        name,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])
-}
-
-/// Waits until the `client` pod of [`http_workload`] is Ready to `kubectl exec` into.
-pub fn wait_client_ready(namespace: &str) -> Result<()> {
-    kubectl(&[
-        "-n",
-        namespace,
-        "wait",
-        "pod/client",
-        "--for=condition=Ready",
-        "--timeout=120s",
-    ])?;
-    Ok(())
-}
-
-/// Names of the pods of `app` that are Ready.
-pub fn ready_pods(namespace: &str, app: &str) -> Result<Vec<String>> {
-    let out = kubectl(&[
-        "-n",
-        namespace,
-        "get",
-        "pods",
-        "-l",
-        &format!("app={app}"),
-        "-o",
-        r#"jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
-    ])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, ready)| *ready == "True")
-        .map(|(name, _)| name.to_string())
-        .collect())
-}
-
-/// `http-get <url>` inside pod `client` of `namespace`: the response, or the error text.
-pub fn get_from_client_pod(namespace: &str, url: &str, timeout_secs: u32) -> Result<String> {
-    kubectl(&[
-        "-n",
-        namespace,
-        "exec",
-        "client",
-        "--",
-        "/usr/local/bin/http-get",
-        "--timeout",
-        &timeout_secs.to_string(),
-        url,
-    ])
-}
-
-/// The `/metrics` text of the admin server at `admin` (empty if it does not answer).
-pub fn metrics_text(admin: &str) -> String {
-    get_from_netns(admin, "/metrics", Duration::from_secs(2)).unwrap_or_default()
-}
-
-/// The value of the first metric line at `admin` that starts with `prefix` (labels
-/// included).
-pub fn metric_value(admin: &str, prefix: &str) -> Option<f64> {
-    metrics_text(admin)
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// `GET path` over a plain TCP connection from this process (inside the cluster netns).
-pub fn get_from_netns(addr: &str, path: &str, timeout: Duration) -> Result<String> {
-    use std::{io::Read, net::TcpStream};
-    let sock: std::net::SocketAddr = addr.parse().context("address")?;
-    let mut s = TcpStream::connect_timeout(&sock, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
 }

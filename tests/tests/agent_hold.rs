@@ -1,7 +1,8 @@
 //! The agent on the real cluster, driven by the real apiserver: a client pod's request to
 //! the ClusterIP of a Deployment at zero replicas is steered by the eBPF programs (attached
-//! at the pods' cgroup subtree) to the agent, held, and answered by the pod that starts
-//! when the Deployment is scaled up — the EndpointSlice watch releases it. The operator is
+//! at a kind node's cgroup, never the machine's root) to the agent, run in-process in that
+//! node's network namespace, held, and answered by the pod that starts when the Deployment
+//! is scaled up — the EndpointSlice watch releases it. The operator is
 //! not part of this suite: the test plays its part (proxy-port allocation in the status,
 //! and the scale-up) and checks that the agent asked for the wake.
 use std::{net::TcpStream, time::Duration};
@@ -9,29 +10,25 @@ use std::{net::TcpStream, time::Duration};
 use clap::Parser;
 use elasti_e2e::*;
 
-/// The pods' cgroup subtree (kubelet's cgroupRoot in the local cluster).
-const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
 /// The agent's default proxy address.
 const PROXY_IP: &str = "169.254.20.11";
 const ADMIN: &str = "127.0.0.1:19090";
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::Result<()> {
     require_cluster();
-    assert!(
-        on_local_cluster(),
-        "this suite attaches at the local cluster's pods cgroup"
-    );
     install_crd()?;
     let ns = TempNamespace::create("hold")?;
     let ns = ns.name.as_str();
-    apply(ns, &http_workload("web", 0))?;
-    wait_client_ready(ns)?;
-    apply(
-        ns,
-        "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {name: web}\nspec:\n  service: web\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n",
-    )?;
+    // This process runs in the home node's network namespace; the agent attaches at that
+    // node's cgroup, so the client pod runs there too.
+    let node = cluster().home();
+    let node_cgroup = node.cgroup()?;
+    let web = App::http("web").replicas(0);
+    deploy(ns, &web)?;
+    deploy_client(ns, "client", Some(&node.name), false)?;
+    apply_es(ns, &web.elastiservice())?;
     // The operator's part: a proxy port for the Service's port.
     kubectl(&[
         "-n",
@@ -51,7 +48,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
     let args = elasti_agent::config::Args::parse_from([
         "elasti-agent",
         "--cgroup-path",
-        PODS_CGROUP,
+        node_cgroup.to_str().unwrap_or_default(),
         // The default proxy address: link-local, on a link the agent makes (and removes).
         "--proxy-interface",
         "elasti0",
@@ -100,7 +97,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         )
         .filter(|v| *v >= 2.0)
     })?;
-    kubectl(&["-n", ns, "scale", "deploy/web", "--replicas=1"])?;
+    kube()?.scale(ns, "deployments", "web", 1)?;
     let answer = cold_ip.join().expect("thread")?;
     let pods = ready_pods(ns, "web")?;
     assert_eq!(pods.len(), 1);

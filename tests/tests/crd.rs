@@ -49,7 +49,7 @@ fn server_dry_run(ns: &str, manifest: &str) -> Result<(), String> {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn kubeelasti_sample_applies_and_bad_input_is_refused() -> anyhow::Result<()> {
     require_cluster();
     install_crd()?;

@@ -1,136 +1,154 @@
-//! End to end on the local cluster: elasti installed from its manifests (the agent
-//! DaemonSet with named capabilities, the operator Deployment), real workloads behind real
-//! Services, and clients that are pods (or processes in the pods' cgroup). Every scenario
-//! checks what the client saw and the cluster state, and lands in the table
-//! `cargo xtask e2e` prints.
+//! End to end on the kind cluster (one control plane, two workers): elasti installed from
+//! its chart (the agent DaemonSet on every node, the operator Deployment), real workloads
+//! behind real Services, and clients that are pods (or this process, in a node's
+//! intercepted cgroup and network). Every scenario checks what the clients saw and the
+//! cluster state, and lands in the table `cargo xtask e2e` prints. Scenarios 20–25 need
+//! several nodes.
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail, ensure};
+use elasti_api::Mode;
 use elasti_e2e::{e2e::*, *};
 use elasti_workloads::client;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-fn setup(prefix: &str, manifest: &str, es: &str) -> anyhow::Result<TempNamespace> {
+/// elasti installed, a namespace of the scenario's own with `apps` and their
+/// ElastiServices.
+fn setup(prefix: &str, apps: &[&App]) -> anyhow::Result<TempNamespace> {
     require_cluster();
-    assert!(
-        on_local_cluster(),
-        "the scenarios use the local cluster's cgroups"
-    );
     install_elasti()?;
     let ns = TempNamespace::create(prefix)?;
-    apply(&ns.name, manifest)?;
-    apply(&ns.name, es)?;
+    for app in apps {
+        deploy(&ns.name, app)?;
+        apply_es(&ns.name, &app.elastiservice())?;
+    }
     Ok(ns)
-}
-
-fn es_field(ns: &str, name: &str, path: &str) -> String {
-    jsonpath(ns, &format!("elastiservice/{name}"), path)
-}
-
-fn wait_mode(ns: &str, name: &str, mode: &str) -> anyhow::Result<()> {
-    wait_until(&format!("mode {mode}"), Duration::from_secs(90), || {
-        (es_field(ns, name, "{.status.mode}") == mode).then_some(())
-    })
 }
 
 fn addr(ip: &str, port: u16) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip.parse()?, port))
 }
 
-/// Workload `web` of `kind` (with `env`) and its ElastiService, warm first, then scaled to
-/// zero and held by the agent: its namespace, and the ClusterIP address to call.
-fn held_web(
-    prefix: &str,
-    kind: &str,
-    env: &[(&str, &str)],
-) -> anyhow::Result<(TempNamespace, SocketAddr)> {
-    let ns = setup(
-        prefix,
-        &app("web", kind, 1, env),
-        &elastiservice("web", kind, ""),
-    )?;
-    wait_mode(&ns.name, "web", "serve")?;
-    scale_to_zero_and_wait_held(&ns.name, &kind.to_lowercase(), "web")?;
-    let target = addr(&cluster_ip(&ns.name, "web")?, 80)?;
+/// `app`, warm first, then scaled to zero and held by every agent: its namespace, and the
+/// ClusterIP address to call.
+fn held(prefix: &str, app: &App) -> anyhow::Result<(TempNamespace, SocketAddr)> {
+    let ns = setup(prefix, &[app])?;
+    wait_mode(&ns.name, &app.name, Mode::Serve)?;
+    scale_to_zero_and_wait_held(&ns.name, app.kind, &app.name)?;
+    let target = addr(&cluster_ip(&ns.name, &app.name)?, 80)?;
     Ok((ns, target))
 }
 
+/// [`held`] for the HTTP workload `web` (a Deployment).
+fn held_web(prefix: &str) -> anyhow::Result<(TempNamespace, SocketAddr)> {
+    held(prefix, &App::http("web"))
+}
+
+/// The node a pod runs on.
+fn node_of(ns: &str, pod: &str) -> anyhow::Result<String> {
+    kube()?
+        .get::<k8s_openapi::api::core::v1::Pod>(ns, pod)?
+        .spec
+        .and_then(|s| s.node_name)
+        .context("pod not scheduled")
+}
+
+/// The agent metric `what` of one held port, on node `node`.
+fn agent_count(node: &str, what: &str, ns: &str, outcome: Option<&str>) -> f64 {
+    let Some(n) = cluster().node(node) else {
+        return 0.0;
+    };
+    let text = metrics_text(&elasti::agent_admin(&n.ip));
+    let series = match outcome {
+        Some(o) => format!(
+            r#"elasti_agent_{what}{{namespace="{ns}",service="web",port="80",protocol="Http1",outcome="{o}"}}"#
+        ),
+        None => elasti::port_series(what, ns, "web", 80),
+    };
+    elasti::sample(&text, &series).unwrap_or(0.0)
+}
+
+/// `ScaledUp` events of ElastiService `name`.
+fn scaled_up_events(ns: &str) -> usize {
+    kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "events.events.k8s.io",
+        "--field-selector",
+        "regarding.kind=ElastiService,reason=ScaledUp",
+        "-o",
+        "name",
+    ])
+    .map(|o| o.lines().filter(|l| !l.is_empty()).count())
+    .unwrap_or(0)
+}
+
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
-fn scenario_00_elasti_installs_from_its_helm_chart() {
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_00_elasti_installs_from_its_manifests_without_helm_and_uninstalls_cleanly() {
     scenario(
         0,
-        "helm install of deploy/helm/elasti; a cold request is held and answered",
+        "kubectl apply -k deploy/daemonset; a cold request held and answered; delete -k",
         || {
             require_cluster();
-            let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/helm/elasti");
-            let out = std::process::Command::new("helm")
-                .args([
-                    "upgrade",
-                    "--install",
-                    "elasti",
-                    chart,
-                    "--namespace",
-                    "elasti-system",
-                    "--create-namespace",
-                    "--wait",
-                    "--timeout",
-                    "180s",
-                    // The test cluster: images imported, pods under /elasti-e2e.
-                    "--set",
-                    "images.pullPolicy=Never",
-                    "--set",
-                    "agent.cgroupHostPath=/sys/fs/cgroup/unified/elasti-e2e",
-                ])
-                .output()
-                .context("running helm (installed by `cargo xtask setup`)")?;
-            ensure!(
-                out.status.success(),
-                "helm install: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let managed = kubectl(&[
-                "-n",
-                "elasti-system",
-                "get",
-                "daemonset/elasti-agent",
-                "-o",
-                "jsonpath={.metadata.labels.app\\.kubernetes\\.io/managed-by}",
-            ])?;
-            ensure!(managed == "Helm", "installed by the chart: {managed:?}");
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset");
+            // A Helm release from an earlier run would own these objects.
+            let _ = std::process::Command::new(elasti_testbed::paths::helm_bin().join("helm"))
+                .args(["uninstall", "elasti", "-n", elasti::NAMESPACE, "--wait"])
+                .output();
+            kubectl(&["apply", "-k", dir])?;
+            for what in ["daemonset/elasti-agent", "deployment/elasti-operator"] {
+                kubectl(&[
+                    "-n",
+                    elasti::NAMESPACE,
+                    "rollout",
+                    "status",
+                    what,
+                    "--timeout=180s",
+                ])?;
+            }
             let ns = TempNamespace::create("e2e-s00")?;
-            let ns = ns.name.as_str();
-            apply(ns, &app("web", "Deployment", 1, &[]))?;
-            apply(ns, &elastiservice("web", "Deployment", ""))?;
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            let target = addr(&cluster_ip(ns, "web")?, 80)?;
-            let _cg = InPodsCgroup::enter("s00")?;
-            let a = block_on(client::get(target, "/"))?;
-            ensure!(a.status == 200 && a.body.contains("pod=web-"), "{a:?}");
+            let n = ns.name.as_str();
+            let web = App::http("web");
+            deploy(n, &web)?;
+            apply_es(n, &web.elastiservice())?;
+            wait_mode(n, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(n, Kind::Deployment, "web")?;
+            let target = addr(&cluster_ip(n, "web")?, 80)?;
+            {
+                let _cg = InPodsCgroup::enter("s00")?;
+                let a = block_on(client::get(target, "/"))?;
+                ensure!(a.status == 200 && a.body.contains("pod=web-"), "{a:?}");
+            }
+            // Uninstalled the way it was installed: the ElastiService first (its finalizer
+            // needs the operator), then everything `-k` made.
+            kubectl(&["-n", n, "delete", "elastiservice", "web", "--timeout=60s"])?;
+            kubectl(&["delete", "-k", dir, "--timeout=180s"])?;
+            ensure!(
+                kubectl(&["get", "namespace", elasti::NAMESPACE]).is_err(),
+                "elasti-system removed"
+            );
             Ok(())
         },
     );
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_01_a_request_at_zero_from_a_pod_is_held_and_answered_by_ip_and_dns() {
     scenario(
         1,
         "scale to 0 -> proxy; pod request by ClusterIP and DNS held, answered; serve",
         || {
-            let ns = setup(
-                "e2e-s01",
-                &http_workload("web", 1),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let ns = setup("e2e-s01", &[&App::http("web")])?;
             let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            wait_client_ready(ns)?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
+            deploy_client(ns, "client", None, false)?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
             let ip = cluster_ip(ns, "web")?;
             let start = Instant::now();
             let by_ip = {
@@ -147,21 +165,21 @@ fn scenario_01_a_request_at_zero_from_a_pod_is_held_and_answered_by_ip_and_dns()
                     "answer: {r}"
                 );
             }
-            wait_mode(ns, "web", "serve")?;
-            ensure!(replicas(ns, "deployment", "web") == "1");
+            wait_mode(ns, "web", Mode::Serve)?;
+            ensure!(replicas(ns, Kind::Deployment, "web") == 1);
             Ok(())
         },
     );
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_02_bodies_streams_drips_and_headers_survive_a_cold_start() {
     scenario(
         2,
         "1 MiB body, chunked stream, slow drip through a cold start",
         || {
-            let (_ns, target) = held_web("e2e-s02", "Deployment", &[])?;
+            let (_ns, target) = held_web("e2e-s02")?;
             let _cg = InPodsCgroup::enter("s02")?;
             let (big, stream, drip, headers) = block_on(async move {
                 tokio::join!(
@@ -197,26 +215,24 @@ fn scenario_02_bodies_streams_drips_and_headers_survive_a_cold_start() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_03_a_manual_scale_up_gives_serve() {
     scenario(
         3,
-        "manual scale-up -> serve, and the agent hands back",
+        "manual scale-up -> serve, and every agent hands back",
         || {
-            let ns = setup(
-                "e2e-s03",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let ns = setup("e2e-s03", &[&App::http("web")])?;
             let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            kubectl(&["-n", ns, "scale", "deployment/web", "--replicas=1"])?;
-            wait_mode(ns, "web", "serve")?;
-            let prefix =
-                format!(r#"elasti_agent_intercepting{{namespace="{ns}",service="web",port="80"}}"#);
-            wait_until("handed back", Duration::from_secs(30), || {
-                (agent_metric(&prefix) == Some(0.0)).then_some(())
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+            kube()?.scale(ns, "deployments", "web", 1)?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            let prefix = elasti::port_series("intercepting", ns, "web", 80);
+            wait_until("handed back on every node", Duration::from_secs(30), || {
+                agent_metric_on_every_node(&prefix)
+                    .iter()
+                    .all(|(_, v)| *v == Some(0.0))
+                    .then_some(())
             })?;
             Ok(())
         },
@@ -224,19 +240,15 @@ fn scenario_03_a_manual_scale_up_gives_serve() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_04_a_changed_service_port_is_followed() {
     scenario(
         4,
         "Service port change: proxy ports and agent listeners follow",
         || {
-            let ns = setup(
-                "e2e-s04",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let ns = setup("e2e-s04", &[&App::http("web")])?;
             let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
+            wait_mode(ns, "web", Mode::Serve)?;
             kubectl(&[
                 "-n",
                 ns,
@@ -248,10 +260,11 @@ fn scenario_04_a_changed_service_port_is_followed() {
                 r#"[{"op":"replace","path":"/spec/ports/0/port","value":8081}]"#,
             ])?;
             wait_until("proxyPorts follow", Duration::from_secs(30), || {
-                (es_field(ns, "web", "{.status.proxyPorts[0].port}") == "8081").then_some(())
+                let port = es(ns, "web")?.status?.proxy_ports.first()?.port;
+                (port == 8081).then_some(())
             })?;
-            kubectl(&["-n", ns, "scale", "deployment/web", "--replicas=0"])?;
-            wait_mode(ns, "web", "proxy")?;
+            kube()?.scale(ns, "deployments", "web", 0)?;
+            wait_mode(ns, "web", Mode::Proxy)?;
             wait_intercepting(ns, "web", 8081)?;
             let target = addr(&cluster_ip(ns, "web")?, 8081)?;
             let _cg = InPodsCgroup::enter("s04")?;
@@ -263,99 +276,110 @@ fn scenario_04_a_changed_service_port_is_followed() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_05_deleting_the_elastiservice_at_zero_scales_back_and_cleans_up() {
     scenario(
         5,
         "delete the ElastiService at 0: target scaled back, elasti's objects gone",
         || {
-            let ns = setup(
-                "e2e-s05",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let ns = setup("e2e-s05", &[&App::http("web")])?;
             let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
             wait_until("fallback slice", Duration::from_secs(30), || {
-                kubectl(&["-n", ns, "get", "endpointslice", "web-elasti-ipv4"]).ok()
+                kube()
+                    .ok()?
+                    .get_opt::<EndpointSlice>(ns, "web-elasti-ipv4")
+                    .ok()?
             })?;
             kubectl(&["-n", ns, "delete", "elastiservice", "web", "--timeout=60s"])?;
             ensure!(
-                replicas(ns, "deployment", "web") == "1",
+                replicas(ns, Kind::Deployment, "web") == 1,
                 "scaled back before the finalizer went"
             );
             ensure!(
-                kubectl(&["-n", ns, "get", "endpointslice", "web-elasti-ipv4"]).is_err(),
+                kube()?
+                    .get_opt::<EndpointSlice>(ns, "web-elasti-ipv4")?
+                    .is_none(),
                 "slice removed"
             );
-            let prefix =
-                format!(r#"elasti_agent_intercepting{{namespace="{ns}",service="web",port="80"}}"#);
-            // Released: the service's gauges are gone from /metrics, not left at a value.
-            wait_until("agent lets go", Duration::from_secs(30), || {
-                let text = metrics_text(AGENT_ADMIN);
-                (!text.is_empty() && !text.contains(&prefix)).then_some(())
+            let prefix = elasti::port_series("intercepting", ns, "web", 80);
+            // Released on every node: the service's gauges are gone from /metrics, not
+            // left at a value.
+            wait_until("every agent lets go", Duration::from_secs(30), || {
+                cluster()
+                    .nodes
+                    .iter()
+                    .map(|n| metrics_text(&elasti::agent_admin(&n.ip)))
+                    .all(|t| !t.is_empty() && !t.contains(&prefix))
+                    .then_some(())
             })?;
             Ok(())
         },
     );
 }
 
+/// Whether `endpoint` (`ip:port`) is an agent's proxy port: some node's address.
+fn is_agent(endpoint: &str) -> bool {
+    cluster()
+        .nodes
+        .iter()
+        .any(|n| endpoint.starts_with(&format!("{}:", n.ip)))
+}
+
+/// `web` as a NodePort Service, warm, then at zero with kube-proxy on this node sending
+/// it to the agents only: the namespace, the node port and the pods scaled away.
+fn nodeport_at_zero(
+    prefix: &str,
+    policy: &str,
+) -> anyhow::Result<(TempNamespace, u16, Vec<String>)> {
+    let ns_owned = setup(prefix, &[&App::http("web")])?;
+    let ns = ns_owned.name.as_str();
+    kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "service",
+        "web",
+        "-p",
+        &format!(r#"{{"spec":{{"type":"NodePort","externalTrafficPolicy":"{policy}"}}}}"#),
+    ])?;
+    wait_mode(ns, "web", Mode::Serve)?;
+    let warm = ready_pods(ns, "web")?;
+    // kube-proxy has caught up with serve (the pod), so that the agents seen below are
+    // the slice published at 0, not the one from before the pod was first Ready.
+    wait_kube_proxy_sends(ns, "web", "the pod", |e| !is_agent(e))?;
+    scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+    let node_port = kube()?
+        .get::<k8s_openapi::api::core::v1::Service>(ns, "web")?
+        .spec
+        .and_then(|s| s.ports?.first()?.node_port)
+        .context("no nodePort")? as u16;
+    wait_until("fallback slice", Duration::from_secs(30), || {
+        kube()
+            .ok()?
+            .get_opt::<EndpointSlice>(ns, "web-elasti-ipv4")
+            .ok()?
+    })?;
+    // Until kube-proxy has the slice, NodePort connects still reach the terminating pod,
+    // which answers them itself: only a later connect is elasti's to hold.
+    wait_kube_proxy_sends(ns, "web", "the agents", is_agent)?;
+    Ok((ns_owned, node_port, warm))
+}
+
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_06_nodeport_traffic_reaches_an_agent_through_the_fallback_slice() {
     scenario(
         6,
         "fallback path: a NodePort request at 0 is held and answered",
         || {
-            let ns = setup(
-                "e2e-s06",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let (ns, node_port, warm) = nodeport_at_zero("e2e-s06", "Cluster")?;
             let ns = ns.name.as_str();
-            kubectl(&[
-                "-n",
-                ns,
-                "patch",
-                "service",
-                "web",
-                "-p",
-                r#"{"spec":{"type":"NodePort"}}"#,
-            ])?;
-            wait_mode(ns, "web", "serve")?;
-            let warm = ready_pods(ns, "web")?;
-            let agent = |e: &str| e.starts_with(&format!("{NODE_IP}:"));
-            // kube-proxy has caught up with serve (the pod), so that the agent seen below
-            // is the slice published at 0, not the one from before the pod was first Ready.
-            wait_kube_proxy_sends(ns, "web", "the pod", |e| !agent(e))?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            let node_port: u16 = kubectl(&[
-                "-n",
-                ns,
-                "get",
-                "svc",
-                "web",
-                "-o",
-                "jsonpath={.spec.ports[0].nodePort}",
-            ])?
-            .parse()?;
-            let proxy_port = wait_until("fallback slice", Duration::from_secs(30), || {
-                Some(jsonpath(
-                    ns,
-                    "endpointslice/web-elasti-ipv4",
-                    "{.ports[0].port}",
-                ))
-                .filter(|p| !p.is_empty())
-            })?;
-            // Until kube-proxy has the slice, NodePort connects still reach the terminating
-            // pod, which answers them itself: only a later connect is elasti's to hold.
-            let fallback = format!("{NODE_IP}:{proxy_port}");
-            wait_kube_proxy_sends(ns, "web", "the agent", |e| e == fallback)?;
-            // From the node's network, outside every intercepted cgroup: only kube-proxy and
-            // the fallback slice can bring this to an agent.
+            // From the node's network, outside every intercepted cgroup: only kube-proxy
+            // and the fallback slice can bring this to an agent.
             let r = get_from_netns(
-                &format!("{NODE_IP}:{node_port}"),
+                &format!("{}:{node_port}", cluster().home().ip),
                 "/",
                 Duration::from_secs(90),
             )?;
@@ -368,89 +392,14 @@ fn scenario_06_nodeport_traffic_reaches_an_agent_through_the_fallback_slice() {
                 !warm.iter().any(|p| r.contains(&format!("pod={p}\n"))),
                 "answered by {warm:?}, the pod scaled away: {r}"
             );
-            wait_mode(ns, "web", "serve")?;
+            wait_mode(ns, "web", Mode::Serve)?;
             Ok(())
         },
     );
 }
 
-/// A Prometheus of the Debian package, run by the test in the cluster's network namespace,
-/// scraping the workload pods (discovered through the apiserver) and itself.
-struct Prometheus {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Prometheus {
-    fn start(port: u16) -> anyhow::Result<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("elasti-e2e-prometheus-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        // Debian's Prometheus has no Kubernetes discovery: the test writes the pods it
-        // should scrape to a file_sd file ([`Prometheus::scrape`]).
-        let config = format!(
-            r#"global: {{scrape_interval: 2s, evaluation_interval: 2s}}
-scrape_configs:
-- job_name: prometheus
-  static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
-- job_name: web
-  file_sd_configs: [{{files: ["{}"], refresh_interval: 1s}}]
-"#,
-            dir.join("targets.json").display()
-        );
-        std::fs::write(dir.join("targets.json"), "[]")?;
-        std::fs::write(dir.join("prometheus.yml"), config)?;
-        let child = std::process::Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=0.0.0.0:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log"))?)
-            .spawn()
-            .context("starting prometheus (Debian package `prometheus`, installed by setup)")?;
-        let me = Self { child, dir };
-        wait_until("prometheus ready", Duration::from_secs(30), || {
-            get_from_netns(
-                &format!("127.0.0.1:{port}"),
-                "/-/ready",
-                Duration::from_secs(1),
-            )
-            .ok()
-            .filter(|r| r.starts_with("HTTP/1.1 200"))
-        })?;
-        Ok(me)
-    }
-}
-
-impl Prometheus {
-    /// Scrapes `ip:8080` as job `web` from now on.
-    fn scrape(&self, ip: &str) -> anyhow::Result<()> {
-        let targets = format!(r#"[{{"targets": ["{ip}:8080"]}}]"#);
-        std::fs::write(self.dir.join("targets.json.tmp"), targets)?;
-        std::fs::rename(
-            self.dir.join("targets.json.tmp"),
-            self.dir.join("targets.json"),
-        )?;
-        Ok(())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_07_a_real_prometheus_query_scales_to_zero_after_the_cooldown() {
     scenario(
         7,
@@ -461,8 +410,13 @@ fn scenario_07_a_real_prometheus_query_scales_to_zero_after_the_cooldown() {
             let ns_owned = TempNamespace::create("e2e-s07")?;
             let ns = ns_owned.name.as_str();
             let port = elasti_e2e::operator::free_port();
-            let prometheus = Prometheus::start(port)?;
-            apply(ns, &app("web", "Deployment", 1, &[]))?;
+            let prometheus = elasti_testbed::prometheus::Prometheus::start(
+                cluster(),
+                port,
+                std::env::temp_dir().join(format!("elasti-e2e-prometheus-{}", std::process::id())),
+            )?;
+            let web = App::http("web");
+            deploy(ns, &web)?;
             kubectl(&[
                 "-n",
                 ns,
@@ -471,17 +425,11 @@ fn scenario_07_a_real_prometheus_query_scales_to_zero_after_the_cooldown() {
                 "deployment/web",
                 "--timeout=120s",
             ])?;
-            let pod_ip = kubectl(&[
-                "-n",
-                ns,
-                "get",
-                "pods",
-                "-l",
-                "app=web",
-                "-o",
-                "jsonpath={.items[0].status.podIP}",
-            ])?;
-            prometheus.scrape(&pod_ip)?;
+            let pod_ip = ready_pods(ns, "web")?
+                .first()
+                .map(|p| pod_ip(ns, p))
+                .context("no web pod")??;
+            prometheus.scrape(&[format!("{pod_ip}:8080")])?;
             // Traffic for 25 s (4 requests a second): the trigger reads busy past the
             // cooldown, then idle once the traffic stops.
             let pod = addr(&pod_ip, 8080)?;
@@ -491,61 +439,56 @@ fn scenario_07_a_real_prometheus_query_scales_to_zero_after_the_cooldown() {
                     std::thread::sleep(Duration::from_millis(250));
                 }
             });
-            // The operator pods reach Prometheus at the node's address.
-            let trigger = format!(
-                "  cooldownPeriod: 15\n  triggers:\n  - type: prometheus\n    metadata:\n      serverAddress: http://{NODE_IP}:{port}\n      query: sum(rate(http_requests_total{{job=\"web\"}}[20s])) or vector(0)\n      threshold: \"0.5\"\n      uptimeFilter: job=\"prometheus\"\n"
-            );
-            apply(ns, &elastiservice("web", "Deployment", &trigger))?;
+            // The operator pods reach Prometheus at this machine's address on the nodes'
+            // network.
+            let mut es = web.elastiservice();
+            es.spec.cooldown_period = 15;
+            es.spec.triggers = vec![prometheus_trigger(
+                &prometheus.url,
+                r#"sum(rate(http_requests_total{job="web"}[20s])) or vector(0)"#,
+                "0.5",
+            )];
+            apply_es(ns, &es)?;
             let start = Instant::now();
-            let reason = |ns: &str| {
-                es_field(
-                    ns,
-                    "web",
-                    r#"{.status.conditions[?(@.type=="ScaledToZero")].reason}"#,
-                )
+            let reason = || {
+                condition(ns, "web", "ScaledToZero")
+                    .map(|c| c.reason)
+                    .unwrap_or_default()
             };
             wait_until(
                 "busy reading while traffic flows",
                 Duration::from_secs(40),
-                || (reason(ns) == "TrafficAboveThreshold").then_some(()),
+                || (reason() == "TrafficAboveThreshold").then_some(()),
             )?;
             ensure!(
-                replicas(ns, "deployment", "web") == "1",
+                replicas(ns, Kind::Deployment, "web") == 1,
                 "not scaled down under traffic"
             );
             traffic
                 .join()
                 .map_err(|_| anyhow::anyhow!("traffic thread"))?;
-            wait_until(
-                "scaled to zero by the trigger",
-                Duration::from_secs(120),
-                || (replicas(ns, "deployment", "web") == "0").then_some(()),
-            )?;
+            wait_replicas(ns, Kind::Deployment, "web", 0, Duration::from_secs(120))?;
             let took = start.elapsed();
             ensure!(
                 took >= Duration::from_secs(25),
                 "not while the traffic flowed: {took:?}"
             );
             eprintln!("created to scaled-to-zero: {took:?} (cooldown 15 s)");
-            let reason = es_field(
-                ns,
-                "web",
-                r#"{.status.conditions[?(@.type=="ScaledToZero")].status}"#,
-            );
-            ensure!(reason == "True", "condition: {reason}");
+            let status = condition(ns, "web", "ScaledToZero").map(|c| c.status);
+            ensure!(status.as_deref() == Some("True"), "condition: {status:?}");
             Ok(())
         },
     );
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_08_a_running_but_unready_pod_keeps_requests_held_until_ready() {
     scenario(
         8,
         "Running-not-Ready pod: requests held until Ready",
         || {
-            let (_ns, target) = held_web("e2e-s08", "Deployment", &[("READY_AFTER_MS", "6000")])?;
+            let (_ns, target) = held("e2e-s08", &App::http("web").env("READY_AFTER_MS", "6000"))?;
             let _cg = InPodsCgroup::enter("s08")?;
             let start = Instant::now();
             let a = block_on(client::get(target, "/"))?;
@@ -561,27 +504,27 @@ fn scenario_08_a_running_but_unready_pod_keeps_requests_held_until_ready() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_09_a_statefulset_target() {
     scenario(9, "StatefulSet target: held and answered", || {
-        let (ns, target) = held_web("e2e-s09", "StatefulSet", &[])?;
+        let (ns, target) = held("e2e-s09", &App::http("web").stateful_set())?;
         let ns = ns.name.as_str();
         let _cg = InPodsCgroup::enter("s09")?;
         let a = block_on(client::get(target, "/"))?;
         ensure!(a.status == 200 && a.body.contains("pod=web-0"), "{a:?}");
-        ensure!(replicas(ns, "statefulset", "web") == "1");
+        ensure!(replicas(ns, Kind::StatefulSet, "web") == 1);
         Ok(())
     });
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_10_request_and_response_headers_survive_the_hold() {
     scenario(
         10,
         "custom request headers and the response headers survive the hold",
         || {
-            let (_ns, target) = held_web("e2e-s10", "Deployment", &[])?;
+            let (_ns, target) = held_web("e2e-s10")?;
             let _cg = InPodsCgroup::enter("s10")?;
             let a = block_on(async move {
                 client::Http1::connect(target)
@@ -618,23 +561,19 @@ fn scenario_10_request_and_response_headers_survive_the_hold() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_13_an_elastiservice_outside_watch_namespaces_is_ignored() {
     scenario(
         13,
         "WATCH_NAMESPACES: an ElastiService outside it is ignored",
         || {
-            let inside = setup(
-                "e2e-s13in",
-                &app("web", "Deployment", 1, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let inside = setup("e2e-s13in", &[&App::http("web")])?;
             let outside = TempNamespace::create("e2e-s13out")?;
             let (inside, outside) = (inside.name.as_str(), outside.name.as_str());
             let scope = |value: &str| -> anyhow::Result<()> {
                 kubectl(&[
                     "-n",
-                    "elasti-system",
+                    elasti::NAMESPACE,
                     "set",
                     "env",
                     "deployment/elasti-operator",
@@ -642,7 +581,7 @@ fn scenario_13_an_elastiservice_outside_watch_namespaces_is_ignored() {
                 ])?;
                 kubectl(&[
                     "-n",
-                    "elasti-system",
+                    elasti::NAMESPACE,
                     "rollout",
                     "status",
                     "deployment/elasti-operator",
@@ -652,21 +591,20 @@ fn scenario_13_an_elastiservice_outside_watch_namespaces_is_ignored() {
             };
             scope(inside)?;
             let result = (|| -> anyhow::Result<()> {
-                apply(outside, &app("web", "Deployment", 1, &[]))?;
-                apply(outside, &elastiservice("web", "Deployment", ""))?;
+                let web = App::http("web");
+                deploy(outside, &web)?;
+                apply_es(outside, &web.elastiservice())?;
                 // A change inside the scope is seen...
-                kubectl(&["-n", inside, "scale", "deployment/web", "--replicas=0"])?;
-                wait_mode(inside, "web", "proxy")?;
+                kube()?.scale(inside, "deployments", "web", 0)?;
+                wait_mode(inside, "web", Mode::Proxy)?;
                 // ...while the one outside is never touched.
                 std::thread::sleep(Duration::from_secs(5));
+                let untouched = es(outside, "web").context("outside ElastiService")?;
                 ensure!(
-                    es_field(outside, "web", "{.metadata.finalizers}").is_empty(),
+                    untouched.metadata.finalizers.unwrap_or_default().is_empty(),
                     "no finalizer"
                 );
-                ensure!(
-                    es_field(outside, "web", "{.status}").is_empty(),
-                    "no status"
-                );
+                ensure!(untouched.status.is_none(), "no status");
                 Ok(())
             })();
             scope("")?;
@@ -676,10 +614,10 @@ fn scenario_13_an_elastiservice_outside_watch_namespaces_is_ignored() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_11_a_keep_alive_connection_keeps_working_across_proxy_to_serve() {
     scenario(11, "keep-alive connection across proxy -> serve", || {
-        let (ns, target) = held_web("e2e-s11", "Deployment", &[])?;
+        let (ns, target) = held_web("e2e-s11")?;
         let ns = ns.name.as_str();
         let _cg = InPodsCgroup::enter("s11")?;
         let ns2 = ns.to_string();
@@ -688,7 +626,7 @@ fn scenario_11_a_keep_alive_connection_keeps_working_across_proxy_to_serve() {
             let first = conn.send("GET", "/", &[], bytes::Bytes::new()).await?;
             ensure!(first.status == 200, "{first:?}");
             let ns = ns2.clone();
-            tokio::task::spawn_blocking(move || wait_mode(&ns, "web", "serve")).await??;
+            tokio::task::spawn_blocking(move || wait_mode(&ns, "web", Mode::Serve)).await??;
             tokio::time::sleep(Duration::from_secs(3)).await; // past the hand-back grace
             for _ in 0..3 {
                 let again = conn.send("GET", "/", &[], bytes::Bytes::new()).await?;
@@ -704,59 +642,20 @@ fn scenario_11_a_keep_alive_connection_keeps_working_across_proxy_to_serve() {
     });
 }
 
-fn tcp_echo(name: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: echo
-        image: {TCP_ECHO_IMAGE}
-        imagePullPolicy: Never
-        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
-        ports: [{{containerPort: 9000, name: tcp}}]
-        readinessProbe: {{tcpSocket: {{port: tcp}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  selector: {{app: {name}}}
-  ports: [{{name: tcp, port: 80, targetPort: tcp}}]
-"#
-    )
-}
-
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_12_grpc_websocket_and_raw_tcp_through_a_cold_start() {
     scenario(
         12,
         "gRPC unary+server-streaming, websocket, raw TCP through a cold start",
         || {
-            let manifest = format!(
-                "{}---\n{}",
-                app("web", "Deployment", 1, &[]),
-                tcp_echo("echo", 1)
-            );
-            let es = format!(
-                "{}---\n{}",
-                elastiservice("web", "Deployment", ""),
-                elastiservice("echo", "Deployment", "")
-            );
-            let ns = setup("e2e-s12", &manifest, &es)?;
+            let (web, echo) = (App::http("web"), App::tcp_echo("echo"));
+            let ns = setup("e2e-s12", &[&web, &echo])?;
             let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            wait_mode(ns, "echo", "serve")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "web")?;
-            scale_to_zero_and_wait_held(ns, "deployment", "echo")?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            wait_mode(ns, "echo", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "echo")?;
             let web = addr(&cluster_ip(ns, "web")?, 80)?;
             let echo = addr(&cluster_ip(ns, "echo")?, 80)?;
             let _cg = InPodsCgroup::enter("s12")?;
@@ -790,13 +689,13 @@ fn scenario_12_grpc_websocket_and_raw_tcp_through_a_cold_start() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_14_five_hundred_concurrent_requests_in_one_cold_start() {
     scenario(
         14,
         "500 concurrent requests during one cold start: all answered",
         || {
-            let (_ns, target) = held_web("e2e-s14", "Deployment", &[])?;
+            let (_ns, target) = held_web("e2e-s14")?;
             let _cg = InPodsCgroup::enter("s14")?;
             let start = Instant::now();
             let results = block_on(async move {
@@ -821,22 +720,14 @@ fn scenario_14_five_hundred_concurrent_requests_in_one_cold_start() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_15_a_host_network_client_pod_is_held_and_answered() {
     scenario(15, "hostNetwork client pod: held and answered", || {
-        let host_client = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  hostNetwork: true\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: client\n    image: {HTTP_WORKLOAD_IMAGE}\n    imagePullPolicy: Never\n    env: [{{name: LISTEN, value: \"127.0.0.1:18181\"}}]\n"
-        );
-        let manifest = format!("{}---\n{host_client}", app("web", "Deployment", 1, &[]));
-        let ns = setup(
-            "e2e-s15",
-            &manifest,
-            &elastiservice("web", "Deployment", ""),
-        )?;
+        let ns = setup("e2e-s15", &[&App::http("web")])?;
         let ns = ns.name.as_str();
-        wait_mode(ns, "web", "serve")?;
-        wait_client_ready(ns)?;
-        scale_to_zero_and_wait_held(ns, "deployment", "web")?;
+        deploy_client(ns, "client", None, true)?;
+        wait_mode(ns, "web", Mode::Serve)?;
+        scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
         let ip = cluster_ip(ns, "web")?;
         let r = get_from_client_pod(ns, &format!("http://{ip}/"), 90)?;
         ensure!(
@@ -847,32 +738,62 @@ fn scenario_15_a_host_network_client_pod_is_held_and_answered() {
     });
 }
 
+/// `kubectl rollout restart` of the agent DaemonSet, waited for.
+fn restart_agents() -> anyhow::Result<String> {
+    kubectl(&[
+        "-n",
+        elasti::NAMESPACE,
+        "rollout",
+        "restart",
+        "daemonset/elasti-agent",
+    ])?;
+    kubectl(&[
+        "-n",
+        elasti::NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/elasti-agent",
+        "--timeout=300s",
+    ])
+}
+
+/// `e` and every cause under it, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// What went wrong with each of `results`; empty when every one was a 200.
+fn failures<E: std::fmt::Display>(
+    results: &[Result<Result<client::Answer, client::Error>, E>],
+) -> Vec<String> {
+    results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(Ok(a)) if a.status == 200 => None,
+            Ok(Ok(a)) => Some(format!("HTTP {}", a.status)),
+            Ok(Err(e)) => Some(error_chain(e)),
+            Err(e) => Some(e.to_string()),
+        })
+        .collect()
+}
+
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_16_an_agent_rolling_update_in_proxy_mode_fails_no_request() {
     scenario(
         16,
         "agent rolling update in proxy mode under a request stream: no failure",
         || {
-            let (_ns, target) = held_web("e2e-s16", "Deployment", &[("READY_AFTER_MS", "8000")])?;
+            let (_ns, target) = held("e2e-s16", &App::http("web").env("READY_AFTER_MS", "8000"))?;
             let _cg = InPodsCgroup::enter("s16")?;
-            let restarted = std::thread::spawn(|| {
-                kubectl(&[
-                    "-n",
-                    "elasti-system",
-                    "rollout",
-                    "restart",
-                    "daemonset/elasti-agent",
-                ])?;
-                kubectl(&[
-                    "-n",
-                    "elasti-system",
-                    "rollout",
-                    "status",
-                    "daemonset/elasti-agent",
-                    "--timeout=120s",
-                ])
-            });
+            let restarted = std::thread::spawn(restart_agents);
             let results = block_on(async move {
                 let mut tasks = Vec::new();
                 for _ in 0..60 {
@@ -886,15 +807,7 @@ fn scenario_16_an_agent_rolling_update_in_proxy_mode_fails_no_request() {
                 out
             });
             restarted.join().map_err(|_| anyhow::anyhow!("thread"))??;
-            let failed: Vec<String> = results
-                .iter()
-                .filter_map(|r| match r {
-                    Ok(Ok(a)) if a.status == 200 => None,
-                    Ok(Ok(a)) => Some(format!("HTTP {}", a.status)),
-                    Ok(Err(e)) => Some(format!("{e:#}")),
-                    Err(e) => Some(e.to_string()),
-                })
-                .collect();
+            let failed = failures(&results);
             ensure!(
                 failed.is_empty(),
                 "{} of 60 failed: {failed:?}",
@@ -906,16 +819,16 @@ fn scenario_16_an_agent_rolling_update_in_proxy_mode_fails_no_request() {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_17_the_wake_completes_when_the_operator_is_killed_after_the_first_held_request() {
     scenario(
         17,
         "operator pods killed right after the first held request: wake completes",
         || {
-            let (ns, target) = held_web("e2e-s17", "Deployment", &[])?;
+            let (ns, target) = held_web("e2e-s17")?;
             let ns = ns.name.as_str();
             let _cg = InPodsCgroup::enter("s17")?;
-            let held = format!(r#"elasti_agent_held{{namespace="{ns}",service="web",port="80"}}"#);
+            let held = elasti::port_series("held", ns, "web", 80);
             let answer = block_on(async move {
                 let request = tokio::spawn(client::get(target, "/"));
                 let killed = tokio::task::spawn_blocking(move || {
@@ -924,7 +837,7 @@ fn scenario_17_the_wake_completes_when_the_operator_is_killed_after_the_first_he
                     })?;
                     kubectl(&[
                         "-n",
-                        "elasti-system",
+                        elasti::NAMESPACE,
                         "delete",
                         "pod",
                         "-l",
@@ -941,7 +854,7 @@ fn scenario_17_the_wake_completes_when_the_operator_is_killed_after_the_first_he
             ensure!(a.status == 200, "{a:?}");
             kubectl(&[
                 "-n",
-                "elasti-system",
+                elasti::NAMESPACE,
                 "rollout",
                 "status",
                 "deployment/elasti-operator",
@@ -953,20 +866,16 @@ fn scenario_17_the_wake_completes_when_the_operator_is_killed_after_the_first_he
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_18_a_wake_without_a_valid_token_is_refused_and_the_target_stays_at_zero() {
     scenario(
         18,
         "wake without a valid token: 401, target stays at 0",
         || {
-            let ns = setup(
-                "e2e-s18",
-                &app("web", "Deployment", 0, &[]),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let ns = setup("e2e-s18", &[&App::http("web").replicas(0)])?;
             let ns = ns.name.as_str();
-            wait_mode(ns, "web", "proxy")?;
-            let operator = addr(&cluster_ip("elasti-system", "elasti-operator")?, 8080)?;
+            wait_mode(ns, "web", Mode::Proxy)?;
+            let operator = addr(&cluster_ip(elasti::NAMESPACE, "elasti-operator")?, 8080)?;
             let body = format!(r#"{{"namespace":"{ns}","service":"web"}}"#);
             for token in [None, Some("not-a-token")] {
                 let (code, resp) = elasti_e2e::operator::post(operator, "/v1/wake", token, &body)?;
@@ -986,7 +895,7 @@ fn scenario_18_a_wake_without_a_valid_token_is_refused_and_the_target_stays_at_z
                 elasti_e2e::operator::post(operator, "/v1/wake", Some(other.trim()), &body)?;
             ensure!(code == 403, "another ServiceAccount: {resp}");
             std::thread::sleep(Duration::from_secs(3));
-            if replicas(ns, "deployment", "web") != "0" {
+            if replicas(ns, Kind::Deployment, "web") != 0 {
                 bail!("the target was scaled by a refused wake");
             }
             Ok(())
@@ -995,23 +904,19 @@ fn scenario_18_a_wake_without_a_valid_token_is_refused_and_the_target_stays_at_z
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
 fn scenario_19_every_cold_period_of_one_service_wakes_it() {
     scenario(
         19,
         "three cold periods of one service, served directly in between: each wakes",
         || {
-            let ns = setup(
-                "e2e-s19",
-                &http_workload("web", 1),
-                &elastiservice("web", "Deployment", ""),
-            )?;
+            let ns = setup("e2e-s19", &[&App::http("web")])?;
             let ns = ns.name.as_str();
-            wait_mode(ns, "web", "serve")?;
-            wait_client_ready(ns)?;
+            deploy_client(ns, "client", None, false)?;
+            wait_mode(ns, "web", Mode::Serve)?;
             let url = format!("http://{}/", cluster_ip(ns, "web")?);
             for period in 1..=3 {
-                scale_to_zero_and_wait_held(ns, "deployment", "web")?;
+                scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
                 let start = Instant::now();
                 let cold = get_from_client_pod(ns, &url, 60)?;
                 ensure!(
@@ -1019,11 +924,408 @@ fn scenario_19_every_cold_period_of_one_service_wakes_it() {
                     "cold period {period}: {cold}"
                 );
                 eprintln!("cold period {period} answered in {:?}", start.elapsed());
-                wait_mode(ns, "web", "serve")?;
+                wait_mode(ns, "web", Mode::Serve)?;
                 // Served by the pod straight through the ClusterIP, not by the agent.
                 let warm = get_from_client_pod(ns, &url, 10)?;
                 ensure!(warm.starts_with("HTTP/1.1 200"), "warm: {warm}");
             }
+            Ok(())
+        },
+    );
+}
+
+/// The two workers' names: the one the suites run on first.
+fn two_workers() -> anyhow::Result<(String, String)> {
+    match cluster().workers().as_slice() {
+        [a, b, ..] => Ok((a.name.clone(), b.name.clone())),
+        _ => bail!("this scenario needs two workers"),
+    }
+}
+
+/// A client pod `client-<node>` on each of `nodes`, Ready.
+fn clients_on(ns: &str, nodes: &[String]) -> anyhow::Result<Vec<String>> {
+    nodes
+        .iter()
+        .map(|n| {
+            let pod = format!("client-{n}");
+            deploy_client(ns, &pod, Some(n), false)?;
+            Ok(pod)
+        })
+        .collect()
+}
+
+/// `http-get --repeat` from `pod`: one request every `every_ms`; the lines it printed, one
+/// per request (`<i> HTTP/1.1 200 OK` or `<i> error: …`), whatever its exit code.
+fn stream_from_pod(
+    ns: &str,
+    pod: &str,
+    url: &str,
+    repeat: u32,
+    every_ms: u64,
+    timeout: u32,
+) -> Vec<String> {
+    let out = std::process::Command::new("kubectl")
+        .args(["-n", ns, "exec", pod, "--", "/usr/local/bin/http-get"])
+        .args([
+            "--timeout",
+            &timeout.to_string(),
+            "--repeat",
+            &repeat.to_string(),
+        ])
+        .args(["--every-ms", &every_ms.to_string(), url])
+        .output();
+    match out {
+        Ok(o) => {
+            let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(String::from)
+                .collect();
+            if lines.is_empty() {
+                vec![format!(
+                    "error: kubectl exec: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )]
+            } else {
+                lines
+            }
+        }
+        Err(e) => vec![format!("error: kubectl: {e}")],
+    }
+}
+
+fn ok_lines(lines: &[String]) -> usize {
+    lines.iter().filter(|l| l.contains(" HTTP/1.1 200")).count()
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_20_a_request_held_on_the_clients_node_is_answered_by_a_pod_on_another_node() {
+    scenario(
+        20,
+        "client on one worker, target pinned to the other: held by the client's agent, answered across nodes",
+        || {
+            let (client_node, pod_node) = two_workers()?;
+            let ns = setup("e2e-s20", &[&App::http("web").on_node(&pod_node)])?;
+            let ns = ns.name.as_str();
+            deploy_client(ns, "client", Some(&client_node), false)?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+            let r = get_from_client_pod(ns, &format!("http://{}/", cluster_ip(ns, "web")?), 90)?;
+            ensure!(
+                r.starts_with("HTTP/1.1 200") && r.contains("pod=web-"),
+                "{r}"
+            );
+            let answered_by = r
+                .lines()
+                .find_map(|l| l.strip_prefix("pod="))
+                .context("no pod= line")?;
+            ensure!(
+                node_of(ns, answered_by)? == pod_node,
+                "{answered_by} runs on {pod_node}"
+            );
+            let forwarded = "ForwardedAfterHold";
+            ensure!(
+                agent_count(&client_node, "outcomes_total", ns, Some(forwarded)) == 1.0,
+                "held and forwarded by the agent on the client's node {client_node}"
+            );
+            ensure!(
+                agent_count(&pod_node, "outcomes_total", ns, Some(forwarded)) == 0.0,
+                "the pod's node's agent held nothing"
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_21_clients_on_every_node_during_one_cold_start_cause_one_scale_up() {
+    scenario(
+        21,
+        "clients on all three nodes in one cold start: one scale-up, every request answered",
+        || {
+            let ns_owned = setup(
+                "e2e-s21",
+                &[&App::http("web").env("READY_AFTER_MS", "3000")],
+            )?;
+            let ns = ns_owned.name.as_str();
+            let nodes: Vec<String> = cluster().nodes.iter().map(|n| n.name.clone()).collect();
+            let clients = clients_on(ns, &nodes)?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+            let before = scaled_up_events(ns);
+            let url = format!("http://{}/", cluster_ip(ns, "web")?);
+            let streams: Vec<_> = clients
+                .iter()
+                .map(|pod| {
+                    let (ns, pod, url) = (ns.to_string(), pod.clone(), url.clone());
+                    std::thread::spawn(move || stream_from_pod(&ns, &pod, &url, 5, 100, 90))
+                })
+                .collect();
+            let mut seen = Vec::new();
+            for (pod, s) in clients.iter().zip(streams) {
+                let lines = s.join().map_err(|_| anyhow::anyhow!("thread"))?;
+                seen.push((pod.clone(), ok_lines(&lines), lines));
+            }
+            for (pod, ok, lines) in &seen {
+                ensure!(*ok == 5, "{pod}: {ok} of 5 answered 200: {lines:?}");
+            }
+            for node in &nodes {
+                let held = agent_count(node, "outcomes_total", ns, Some("ForwardedAfterHold"));
+                ensure!(
+                    held >= 1.0,
+                    "the agent on {node} held its node's requests ({held})"
+                );
+            }
+            wait_until("the ScaledUp event", Duration::from_secs(10), || {
+                (scaled_up_events(ns) > before).then_some(())
+            })?;
+            std::thread::sleep(Duration::from_secs(2));
+            ensure!(
+                scaled_up_events(ns) == before + 1,
+                "one scale-up for three nodes' wakes: {} events",
+                scaled_up_events(ns) - before
+            );
+            ensure!(replicas(ns, Kind::Deployment, "web") == 1);
+            Ok(())
+        },
+    );
+}
+
+/// The host PID of the agent process on `node` (its containers run in the node's cgroup).
+fn agent_pid_on(node: &str) -> anyhow::Result<u32> {
+    let n = cluster().node(node).context("node")?;
+    let cgroup = n.cgroup()?;
+    let node_root = cgroup
+        .strip_prefix(elasti_testbed::kind::cgroup2_mount())
+        .context("node cgroup")?
+        .display()
+        .to_string();
+    let pids: Vec<u32> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "elasti-agent")
+                && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|c| c.contains(&node_root))
+        })
+        .collect();
+    match pids.as_slice() {
+        [pid] => Ok(*pid),
+        other => bail!("expected one agent on {node}, found {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_22_an_agent_killed_while_two_nodes_hold_requests_loses_only_its_own() {
+    scenario(
+        22,
+        "kill -9 of one worker's agent while two workers hold: the other's all answered; it comes back",
+        || {
+            let (killed, other) = two_workers()?;
+            let ns_owned = setup(
+                "e2e-s22",
+                &[&App::http("web").env("READY_AFTER_MS", "12000")],
+            )?;
+            let ns = ns_owned.name.as_str();
+            let clients = clients_on(ns, &[killed.clone(), other.clone()])?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+            let url = format!("http://{}/", cluster_ip(ns, "web")?);
+            let streams: Vec<_> = clients
+                .iter()
+                .map(|pod| {
+                    let (ns, pod, url) = (ns.to_string(), pod.clone(), url.clone());
+                    std::thread::spawn(move || stream_from_pod(&ns, &pod, &url, 5, 50, 90))
+                })
+                .collect();
+            let held = elasti::port_series("held", ns, "web", 80);
+            for node in [&killed, &other] {
+                let admin = elasti::agent_admin(&cluster().node(node).context("node")?.ip);
+                wait_until(
+                    &format!("5 requests held on {node}"),
+                    Duration::from_secs(20),
+                    || metric_value(&admin, &held).filter(|v| *v >= 5.0),
+                )?;
+            }
+            let pid = agent_pid_on(&killed)?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            let killed_at = Instant::now();
+            let results: Vec<Vec<String>> = streams
+                .into_iter()
+                .map(|s| s.join().unwrap_or_else(|_| vec!["error: thread".into()]))
+                .collect();
+            let (on_killed, on_other) = (&results[0], &results[1]);
+            eprintln!(
+                "the killed node's clients: {} of {} answered ({on_killed:?})",
+                ok_lines(on_killed),
+                on_killed.len()
+            );
+            ensure!(
+                ok_lines(on_other) == 5,
+                "every request held on {other} answered: {on_other:?}"
+            );
+            // The killed agent restarts (kubelet) and holds again: a new cold period's
+            // connects on its node are held and answered.
+            wait_until("the killed agent back", Duration::from_secs(120), || {
+                agent_pid_on(&killed).ok().filter(|p| *p != pid)
+            })?;
+            eprintln!("agent on {killed} back after {:?}", killed_at.elapsed());
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+            let again = get_from_pod(ns, &clients[0], &url, 90)?;
+            ensure!(
+                again.starts_with("HTTP/1.1 200"),
+                "after the restart: {again}"
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_23_nodeport_requests_at_zero_to_every_node_are_held_and_answered() {
+    scenario(
+        23,
+        "NodePort at 0, a request to each node's address at once: all held and answered",
+        || {
+            let (ns, node_port, _) = nodeport_at_zero("e2e-s23", "Cluster")?;
+            let ns = ns.name.as_str();
+            let requests: Vec<_> = cluster()
+                .nodes
+                .iter()
+                .map(|n| {
+                    let to = format!("{}:{node_port}", n.ip);
+                    let name = n.name.clone();
+                    (
+                        name,
+                        std::thread::spawn(move || {
+                            get_from_netns(&to, "/", Duration::from_secs(90))
+                        }),
+                    )
+                })
+                .collect();
+            for (node, r) in requests {
+                let r = r.join().map_err(|_| anyhow::anyhow!("thread"))?;
+                let r = r.with_context(|| format!("via {node}"))?;
+                ensure!(
+                    r.starts_with("HTTP/1.1 200") && r.contains("pod=web-"),
+                    "via {node}: {r}"
+                );
+            }
+            wait_mode(ns, "web", Mode::Serve)?;
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_24_the_agent_daemonset_rolled_across_every_node_under_a_stream_at_zero_fails_nothing() {
+    scenario(
+        24,
+        "agent DaemonSet rolled across all three nodes, a request stream from each, target at 0: no failure",
+        || {
+            let ns_owned = setup(
+                "e2e-s24",
+                &[&App::http("web").env("READY_AFTER_MS", "15000")],
+            )?;
+            let ns = ns_owned.name.as_str();
+            let nodes: Vec<String> = cluster().nodes.iter().map(|n| n.name.clone()).collect();
+            let clients = clients_on(ns, &nodes)?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+            let url = format!("http://{}/", cluster_ip(ns, "web")?);
+            let streams: Vec<_> = clients
+                .iter()
+                .map(|pod| {
+                    let (ns, pod, url) = (ns.to_string(), pod.clone(), url.clone());
+                    std::thread::spawn(move || stream_from_pod(&ns, &pod, &url, 40, 500, 120))
+                })
+                .collect();
+            std::thread::sleep(Duration::from_secs(2));
+            let rolled = restart_agents();
+            let mut failed = Vec::new();
+            for (pod, s) in clients.iter().zip(streams) {
+                let lines = s.join().map_err(|_| anyhow::anyhow!("thread"))?;
+                if ok_lines(&lines) != 40 {
+                    failed.push((pod.clone(), lines));
+                }
+            }
+            rolled?;
+            ensure!(failed.is_empty(), "streams with failures: {failed:?}");
+            Ok(())
+        },
+    );
+}
+
+/// Uncordons `node` when dropped, whatever the scenario did.
+struct Uncordon(String);
+
+impl Drop for Uncordon {
+    fn drop(&mut self) {
+        let _ = kubectl(&["uncordon", &self.0]);
+    }
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_25_a_worker_drained_while_a_request_is_held_elsewhere() {
+    scenario(
+        25,
+        "a worker drained while the target is at 0 and a request is held on the other: answered",
+        || {
+            let (client_node, drained) = two_workers()?;
+            let ns_owned = setup(
+                "e2e-s25",
+                &[&App::http("web").env("READY_AFTER_MS", "4000")],
+            )?;
+            let ns = ns_owned.name.as_str();
+            deploy_client(ns, "client", Some(&client_node), false)?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "web")?;
+            let url = format!("http://{}/", cluster_ip(ns, "web")?);
+            let _uncordon = Uncordon(drained.clone());
+            let request = {
+                let (ns, url) = (ns.to_string(), url.clone());
+                std::thread::spawn(move || get_from_client_pod(&ns, &url, 120))
+            };
+            let held = elasti::port_series("held", ns, "web", 80);
+            wait_until("the request held", Duration::from_secs(20), || {
+                agent_metric(&held).filter(|v| *v >= 1.0)
+            })?;
+            kubectl(&[
+                "drain",
+                &drained,
+                "--ignore-daemonsets",
+                "--delete-emptydir-data",
+                "--force",
+                "--timeout=180s",
+            ])?;
+            let r = request.join().map_err(|_| anyhow::anyhow!("thread"))??;
+            ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+            let pod = r
+                .lines()
+                .find_map(|l| l.strip_prefix("pod="))
+                .context("no pod= line")?;
+            ensure!(
+                node_of(ns, pod)? != drained,
+                "{pod} is not on the drained {drained}"
+            );
+            kubectl(&[
+                "-n",
+                elasti::NAMESPACE,
+                "rollout",
+                "status",
+                "deployment/elasti-operator",
+                "--timeout=120s",
+            ])?;
             Ok(())
         },
     );

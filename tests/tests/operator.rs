@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use elasti_api::{AutoscalerSpec, AutoscalerType, ElastiService};
 use elasti_e2e::{
     operator::{FakePrometheus, PromAnswer, RunningOperator, strip_finalizers},
     *,
@@ -22,7 +23,7 @@ fn wait_for(ns: &str, what: &str, path: &str, want: &str, timeout: Duration) -> 
 }
 
 fn replicas(ns: &str, deploy: &str) -> String {
-    elasti_e2e::e2e::replicas(ns, "deployment", deploy)
+    elasti_e2e::replicas(ns, Kind::Deployment, deploy).to_string()
 }
 
 fn condition(ns: &str, es: &str, type_: &str, field: &str) -> String {
@@ -34,14 +35,25 @@ fn condition(ns: &str, es: &str, type_: &str, field: &str) -> String {
 }
 
 /// An ElastiService for Service `name` and the Deployment of the same name.
-fn elastiservice(name: &str, extra: &str) -> String {
-    elasti_e2e::e2e::elastiservice(name, "Deployment", extra)
+fn es_for(name: &str) -> ElastiService {
+    elastiservice(name, Kind::Deployment)
 }
 
-fn prometheus_trigger(url: &str, cooldown: u32) -> String {
-    format!(
-        "  cooldownPeriod: {cooldown}\n  triggers:\n  - type: prometheus\n    metadata:\n      serverAddress: {url}\n      query: sum(rate(requests_total[1m])) or vector(0)\n      threshold: \"0.5\"\n      uptimeFilter: job=\"prometheus\"\n"
-    )
+/// `es` with `cooldown` seconds.
+fn cooldown(mut es: ElastiService, cooldown: i32) -> ElastiService {
+    es.spec.cooldown_period = cooldown;
+    es
+}
+
+/// `es` idle while `sum(rate(requests_total[1m]))` at `url` is under 0.5, after `secs`.
+fn with_prometheus(es: ElastiService, url: &str, secs: i32) -> ElastiService {
+    let mut es = cooldown(es, secs);
+    es.spec.triggers = vec![prometheus_trigger(
+        url,
+        "sum(rate(requests_total[1m])) or vector(0)",
+        "0.5",
+    )];
+    es
 }
 
 /// Stops the operator after stripping finalizers it can no longer remove.
@@ -75,16 +87,16 @@ fn start(ns: &str, extra: &[&str]) -> RunningOperator {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn lifecycle_mode_fallback_slice_scoping_and_deletion_at_zero() -> anyhow::Result<()> {
     require_cluster();
     install_crd()?;
     let ns_owned = TempNamespace::create("op-life")?;
     let other_owned = TempNamespace::create("op-out")?;
     let (ns, other) = (ns_owned.name.as_str(), other_owned.name.as_str());
-    apply(ns, &http_workload("web", 1))?;
+    deploy(ns, &App::http("web"))?;
     // The client pod plays an agent: the fallback slice lists the agents' pod IPs.
-    wait_client_ready(ns)?;
+    deploy_client(ns, "client", None, false)?;
     kubectl(&[
         "-n",
         ns,
@@ -95,12 +107,12 @@ fn lifecycle_mode_fallback_slice_scoping_and_deletion_at_zero() -> anyhow::Resul
     ])?;
     let client_ip = jsonpath(ns, "pod/client", "{.status.podIP}");
     // Out of WATCH_NAMESPACES: applied first, so it would be reconciled first if seen.
-    apply(other, &elastiservice("web", ""))?;
+    apply_es(other, &es_for("web"))?;
     let op = Scoped {
         operator: Some(start(ns, &[])),
         namespaces: vec![ns],
     };
-    apply(ns, &elastiservice("web", "  cooldownPeriod: 0\n"))?;
+    apply_es(ns, &cooldown(es_for("web"), 0))?;
 
     let es = "elastiservice/web";
     wait_for(ns, es, "{.status.mode}", "serve", Duration::from_secs(90))?;
@@ -175,15 +187,33 @@ fn lifecycle_mode_fallback_slice_scoping_and_deletion_at_zero() -> anyhow::Resul
     Ok(())
 }
 
-fn services_and_elastiservices(count: usize) -> String {
-    let mut out = String::new();
+/// `count` Services of two ports each (no pods behind them), each with an ElastiService.
+fn services_and_elastiservices(ns: &str, count: usize) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    let k = kube()?;
     for i in 0..count {
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  selector: {{app: none}}\n  ports:\n  - {{name: http, port: 80}}\n  - {{name: grpc, port: 9000}}\n---\n{}",
-            elastiservice(&format!("s{i}"), "")
-        ));
+        let name = format!("s{i}");
+        let port = |name: &str, port: i32| ServicePort {
+            name: Some(name.into()),
+            port,
+            ..Default::default()
+        };
+        let service = Service {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some([("app".to_string(), "none".to_string())].into()),
+                ports: Some(vec![port("http", 80), port("grpc", 9000)]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        k.apply(ns, &service)?;
+        k.apply(ns, &es_for(&name))?;
     }
-    out
+    Ok(())
 }
 
 fn allocated(ns: &str) -> Vec<(String, String)> {
@@ -199,7 +229,7 @@ fn allocated(ns: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn proxy_ports_are_unique_under_concurrent_creates_and_survive_a_leader_crash() -> anyhow::Result<()>
 {
     require_cluster();
@@ -251,7 +281,7 @@ fn proxy_ports_are_unique_under_concurrent_creates_and_survive_a_leader_crash() 
     );
 
     // Twelve ElastiServices of two ports each, created in one go.
-    apply(ns, &services_and_elastiservices(12))?;
+    services_and_elastiservices(ns, 12)?;
     let before = wait_until("24 proxy ports", Duration::from_secs(60), || {
         let a = allocated(ns);
         (a.len() == 12 && a.iter().all(|(_, p)| p.split(' ').count() == 2)).then_some(a)
@@ -292,7 +322,7 @@ fn proxy_ports_are_unique_under_concurrent_creates_and_survive_a_leader_crash() 
     assert!(b.contains("elasti_operator_leader 1"), "{b}");
 
     // The new leader keeps every allocation and allocates around them.
-    apply(ns, &services_and_elastiservices(13))?;
+    services_and_elastiservices(ns, 13)?;
     let after = wait_until("the 13th allocation", Duration::from_secs(30), || {
         let a = allocated(ns);
         (a.len() == 13 && a.iter().all(|(_, p)| p.split(' ').count() == 2)).then_some(a)
@@ -311,22 +341,19 @@ fn proxy_ports_are_unique_under_concurrent_creates_and_survive_a_leader_crash() 
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn prometheus_drives_scale_down_after_cooldown_and_never_while_down() -> anyhow::Result<()> {
     require_cluster();
     install_crd()?;
     let ns_owned = TempNamespace::create("op-prom")?;
     let ns = ns_owned.name.as_str();
-    apply(ns, &http_workload("web", 1))?;
+    deploy(ns, &App::http("web"))?;
     let prom = FakePrometheus::start(PromAnswer::Down);
     let _op = Scoped {
         operator: Some(start(ns, &[])),
         namespaces: vec![ns],
     };
-    apply(
-        ns,
-        &elastiservice("web", &prometheus_trigger(&prom.url(), 3)),
-    )?;
+    apply_es(ns, &with_prometheus(es_for("web"), &prom.url(), 3))?;
 
     // Prometheus down: after the cooldown the condition says so, and nothing scales.
     wait_until("PrometheusUnavailable", Duration::from_secs(30), || {
@@ -391,20 +418,20 @@ fn prometheus_drives_scale_down_after_cooldown_and_never_while_down() -> anyhow:
 }
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn wake_is_authenticated_and_scales_up() -> anyhow::Result<()> {
     require_cluster();
     install_crd()?;
     let ns_owned = TempNamespace::create("op-wake")?;
     let ns = ns_owned.name.as_str();
-    apply(ns, &http_workload("web", 0))?;
+    deploy(ns, &App::http("web").replicas(0))?;
     kubectl(&["-n", ns, "create", "serviceaccount", "elasti-agent"])?;
     kubectl(&["-n", ns, "create", "serviceaccount", "other"])?;
     let op = Scoped {
         operator: Some(start(ns, &[])),
         namespaces: vec![ns],
     };
-    apply(ns, &elastiservice("web", ""))?;
+    apply_es(ns, &es_for("web"))?;
     wait_for(
         ns,
         "elastiservice/web",
@@ -493,7 +520,7 @@ spec:
 "#;
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn keda_is_paused_at_zero_and_resumed_and_an_hpa_does_not_fight() -> anyhow::Result<()> {
     require_cluster();
     install_crd()?;
@@ -508,7 +535,7 @@ fn keda_is_paused_at_zero_and_resumed_and_an_hpa_does_not_fight() -> anyhow::Res
     ])?;
     let ns_owned = TempNamespace::create("op-keda")?;
     let ns = ns_owned.name.as_str();
-    apply(ns, &http_workload("web", 1))?;
+    deploy(ns, &App::http("web"))?;
     apply(
         ns,
         "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: web-so}\nspec:\n  scaleTargetRef: {name: web}\n  minReplicaCount: 1\n",
@@ -523,16 +550,12 @@ fn keda_is_paused_at_zero_and_resumed_and_an_hpa_does_not_fight() -> anyhow::Res
         operator: Some(start(ns, &[])),
         namespaces: vec![ns],
     };
-    apply(
-        ns,
-        &elastiservice(
-            "web",
-            &format!(
-                "{}  autoscaler: {{type: keda, name: web-so}}\n",
-                prometheus_trigger(&prom.url(), 2)
-            ),
-        ),
-    )?;
+    let mut es = with_prometheus(es_for("web"), &prom.url(), 2);
+    es.spec.autoscaler = Some(AutoscalerSpec {
+        kind: AutoscalerType::Keda,
+        name: "web-so".into(),
+    });
+    apply_es(ns, &es)?;
     let paused = "{.metadata.annotations.autoscaling\\.keda\\.sh/paused-replicas}";
     wait_for(
         ns,

@@ -1,17 +1,23 @@
-//! Smoke test of the local cluster itself: a Deployment behind a ClusterIP Service answers
-//! by ClusterIP and by DNS name, from a pod and from a process in the cluster's netns; once
-//! scaled to zero, the same requests fail. That failure is what elasti exists to remove.
+//! Smoke test of the kind cluster itself: a Deployment behind a ClusterIP Service answers
+//! by ClusterIP and by DNS name, from a pod on another node and from a process in a node's
+//! netns; once scaled to zero, the same requests fail. That failure is what elasti exists
+//! to remove.
 use std::time::Duration;
 
 use elasti_e2e::*;
+use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 
 #[test]
-#[ignore = "needs the local cluster: run with `cargo xtask test`"]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn service_answers_then_fails_at_zero() -> anyhow::Result<()> {
     require_cluster();
     let ns = TempNamespace::create("smoke")?;
     let ns = ns.name.as_str();
-    apply(ns, &http_workload("web", 1))?;
+    let (here, other) = match cluster().workers().as_slice() {
+        [a, b, ..] => (a.name.clone(), b.name.clone()),
+        _ => anyhow::bail!("the test cluster has two workers"),
+    };
+    deploy(ns, &App::http("web").on_node(&other))?;
     kubectl(&[
         "-n",
         ns,
@@ -20,7 +26,7 @@ fn service_answers_then_fails_at_zero() -> anyhow::Result<()> {
         "deploy/web",
         "--timeout=120s",
     ])?;
-    wait_client_ready(ns)?;
+    deploy_client(ns, "client", Some(&here), false)?;
     let pods = ready_pods(ns, "web")?;
     assert_eq!(pods.len(), 1, "one Ready pod expected, got {pods:?}");
     let served_by = format!("pod={}", pods[0]);
@@ -43,7 +49,7 @@ fn service_answers_then_fails_at_zero() -> anyhow::Result<()> {
         by_name.contains(&served_by),
         "by DNS name, expected {served_by}: {by_name}"
     );
-    // From a process in the cluster's network namespace (this test).
+    // From a process in a node's network namespace (this test's).
     let from_netns = get_from_netns(&format!("{cluster_ip}:80"), "/", Duration::from_secs(5))?;
     assert!(
         from_netns.contains(&served_by),
@@ -51,25 +57,20 @@ fn service_answers_then_fails_at_zero() -> anyhow::Result<()> {
     );
 
     // Scaled to zero, the same requests fail: refused (kube-proxy rejects) or timed out.
-    kubectl(&["-n", ns, "scale", "deploy/web", "--replicas=0"])?;
+    kube()?.scale(ns, "deployments", "web", 0)?;
     wait_until("web pods gone", Duration::from_secs(60), || {
-        kubectl(&["-n", ns, "get", "pods", "-l", "app=web", "-o", "name"])
+        kube()
+            .ok()?
+            .list::<Pod>(ns, "app=web")
             .ok()
-            .filter(|o| o.trim().is_empty())
+            .filter(|pods| pods.is_empty())
     })?;
     wait_until("no endpoints", Duration::from_secs(30), || {
-        kubectl(&[
-            "-n",
-            ns,
-            "get",
-            "endpointslices",
-            "-l",
-            "kubernetes.io/service-name=web",
-            "-o",
-            "jsonpath={.items[*].endpoints[*].addresses[0]}",
-        ])
-        .ok()
-        .filter(|o| o.trim().is_empty())
+        kube()
+            .ok()?
+            .list::<EndpointSlice>(ns, "kubernetes.io/service-name=web")
+            .ok()
+            .filter(|slices| slices.iter().all(|s| s.endpoints.is_empty()))
     })?;
     let cold = get_from_client_pod(ns, &format!("http://{cluster_ip}/"), 3);
     assert!(

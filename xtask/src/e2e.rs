@@ -1,9 +1,9 @@
 //! `cargo xtask e2e`: the end-to-end scenarios alone — setup (cached), the eBPF object and
-//! the images, the local cluster up, elasti installed from `deploy/local`, the scenarios,
-//! their table, and the cluster down again.
+//! the images, the kind cluster up, the scenarios, their table, and the cluster down again.
 use anyhow::Result;
+use elasti_testbed::kind;
 
-use crate::{cluster, cmd, ebpf, images, setup, test};
+use crate::{cluster, ebpf, images, setup, tally::Tally, test};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,18 +14,15 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<()> {
     if !args.skip_setup {
-        setup::run(&setup::Args {
-            skip_apt: false,
-            skip_ebpf_toolchain: false,
-        })?;
+        setup::run(&setup::Args::default())?;
     }
     ebpf::build()?;
     images::build()?;
     test::build_suites()?;
-    cluster::up()?;
-    let mut tally = cmd::Tally::default();
-    let result = test::scenarios(&mut tally);
-    let down = cluster::down();
+    let cluster = cluster::up(kind::DEFAULT_WORKERS)?;
+    let mut tally = Tally::default();
+    let result = test::scenarios(&cluster, &mut tally);
+    let down = kind::down();
     println!("\ne2e: {} passed, {} failed", tally.passed, tally.failed);
     result.and(down)
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, paths};
+use elasti_testbed::{cmd, paths};
 
 #[derive(clap::Args)]
 pub struct Args {}

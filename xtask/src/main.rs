@@ -1,5 +1,5 @@
 //! `cargo xtask <task>`: everything that is not `cargo build` — installing the toolchain and
-//! test bed, building the eBPF programs and OCI images, running the local cluster and the
+//! test bed, building the eBPF programs and OCI images, running the kind cluster and the
 //! suites. Each subcommand is one module.
 use std::process::ExitCode;
 
@@ -7,15 +7,13 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cluster;
-mod cmd;
 mod demo;
 mod e2e;
 mod ebpf;
 mod images;
 mod manifests;
-mod paths;
-mod sample;
 mod setup;
+mod tally;
 mod test;
 
 #[derive(Parser)]
@@ -30,22 +28,22 @@ enum Task {
     /// Install everything the build, the demo and the tests need (idempotent, cached by
     /// version under $ELASTI_CACHE or ~/.cache/elasti).
     Setup(setup::Args),
-    /// The README's main job: setup, the local cluster, and a demo workload on it.
+    /// The README's main job: setup, the kind cluster, and a demo workload on it.
     Demo(demo::Args),
     /// Build the eBPF programs with Debian's rust-src toolchain; the agent embeds the object.
     BuildEbpf(ebpf::Args),
-    /// Build OCI image tarballs (no Docker) and, if the cluster is up, import them.
+    /// Build OCI image tarballs (no Docker) and, if the cluster is up, load them.
     Images(images::Args),
     /// Render the Helm chart into deploy/daemonset (and copy the CRD into the chart).
     Manifests(manifests::Args),
-    /// Run the local single-node Kubernetes cluster in its own network namespace.
+    /// The kind cluster (one control plane, two workers) in its own network namespace.
     Cluster(cluster::Args),
     /// Benchmarks, each against a baseline from the same run (root: real eBPF programs).
     Bench(bench::Args),
     /// The README's test command: unit, root and cluster suites, with the cluster brought up
     /// and torn down around them.
     Test(test::Args),
-    /// The end-to-end scenarios alone, on a fresh local cluster, with their table.
+    /// The end-to-end scenarios alone, on a fresh kind cluster, with their table.
     E2e(e2e::Args),
 }
 

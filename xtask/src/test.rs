@@ -1,12 +1,19 @@
 //! `cargo xtask test`: the README's test command. It installs what is missing (cached),
-//! builds the eBPF object and the images, runs the unit and root suites, brings the local
-//! cluster up, runs the cluster suites inside its network namespace, and always tears the
-//! cluster down again.
+//! builds the eBPF object and the images, runs the unit and root suites, brings the kind
+//! cluster up, runs the cluster suites from inside a worker node's network namespace, and
+//! always tears the cluster down again.
 use std::{process::Command, time::Instant};
 
 use anyhow::Result;
+use elasti_testbed::{
+    kind::{self, Cluster},
+    paths,
+};
 
-use crate::{cluster, cmd, ebpf, images, manifests, paths, setup};
+use crate::{
+    cluster, ebpf, images, manifests, setup,
+    tally::{Tally, run_tests},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,14 +23,10 @@ pub struct Args {
     /// Run only the unit and root suites; no cluster.
     #[arg(long, default_value_t = false)]
     pub no_cluster: bool,
-    /// Run the cluster suites against kind instead of the local cluster (needs Docker and a
-    /// network; unverified on elasti's own machines, which have neither).
-    #[arg(long, default_value_t = false)]
-    pub kind: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let mut tally = cmd::Tally::default();
+    let mut tally = Tally::default();
     let result = run_suites(args, &mut tally);
     // A plain closing line over every suite, so CI reads one total. The cluster suites
     // are `#[ignore]`d in the first pass and run in the second, so only what no pass ran
@@ -35,7 +38,7 @@ pub fn run(args: &Args) -> Result<()> {
     result
 }
 
-fn run_suites(args: &Args, tally: &mut cmd::Tally) -> Result<()> {
+fn run_suites(args: &Args, tally: &mut Tally) -> Result<()> {
     let mut timings: Vec<(&str, f64)> = Vec::new();
     let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
         let start = Instant::now();
@@ -44,19 +47,14 @@ fn run_suites(args: &Args, tally: &mut cmd::Tally) -> Result<()> {
         r
     };
     if !args.skip_setup {
-        timed("setup", &mut || {
-            setup::run(&setup::Args {
-                skip_apt: false,
-                skip_ebpf_toolchain: false,
-            })
-        })?;
+        timed("setup", &mut || setup::run(&setup::Args::default()))?;
     }
     timed("manifests up to date", &mut || {
         manifests::run(&manifests::Args { check: true })
     })?;
     timed("build-ebpf", &mut ebpf::build)?;
     timed("unit and root suites", &mut || {
-        cmd::run_tests(
+        run_tests(
             "unit and root suites",
             // Default members: the eBPF crate only builds for bpfel-unknown-none.
             Command::new("cargo")
@@ -70,20 +68,8 @@ fn run_suites(args: &Args, tally: &mut cmd::Tally) -> Result<()> {
         // what that pass runs is not a skip.
         let deferred = std::mem::take(&mut tally.ignored);
         let before = tally.passed + tally.failed;
-        let mut tarballs = Vec::new();
-        let result = timed("images", &mut || {
-            tarballs = images::build()?;
-            Ok(())
-        })
-        .and_then(|()| {
-            if args.kind {
-                timed("cluster suites (kind)", &mut || {
-                    kind_suites(&tarballs, tally)
-                })
-            } else {
-                timed("cluster suites", &mut || cluster_suites(tally))
-            }
-        });
+        let result = timed("images", &mut || images::build().map(drop))
+            .and_then(|()| timed("cluster suites", &mut || cluster_suites(tally)));
         tally.ignored += deferred.saturating_sub(tally.passed + tally.failed - before);
         result?;
     }
@@ -94,20 +80,9 @@ fn run_suites(args: &Args, tally: &mut cmd::Tally) -> Result<()> {
     Ok(())
 }
 
-const SUITE_ARGS: [&str; 8] = [
-    "test",
-    "-p",
-    "elasti-e2e",
-    "--locked",
-    "--offline",
-    "--",
-    "--ignored",
-    "--test-threads=1",
-];
-
 pub fn build_suites() -> Result<()> {
     // Built in the host namespace: the cluster's has no route to crates.io.
-    cmd::run(
+    elasti_testbed::cmd::run(
         "build cluster suites",
         Command::new("cargo").current_dir(paths::repo()).args([
             "test",
@@ -119,63 +94,47 @@ pub fn build_suites() -> Result<()> {
     )
 }
 
-/// The same suites against kind.
-fn kind_suites(tarballs: &[std::path::PathBuf], tally: &mut cmd::Tally) -> Result<()> {
-    build_suites()?;
-    cluster::kind::up(tarballs)?;
-    let result = cmd::run_tests(
-        "cluster suites (kind)",
-        cluster::kind::in_cluster("cargo")
-            .current_dir(paths::repo())
-            .args(SUITE_ARGS),
-        tally,
-    );
-    result.and(cluster::kind::down())
-}
-
 /// The end-to-end scenarios' test names start with this; they run last, against elasti
-/// installed from its manifests, so the in-process suites never meet the DaemonSet.
+/// installed from its chart, so the in-process suites never meet the DaemonSet.
 const SCENARIOS: &str = "scenario_";
 
-/// Brings the cluster up, runs `tests/` with `--ignored` inside its netns (the suites,
-/// then the end-to-end scenarios), tears it down.
-fn cluster_suites(tally: &mut cmd::Tally) -> Result<()> {
+/// `cargo test -p elasti-e2e … -- --ignored` from inside the cluster's first worker (its
+/// network namespace: ClusterIPs, its agent, the other nodes), as a hostNetwork pod there
+/// would be.
+/// `cargo_args` pick test targets, `test_args` filter tests by name.
+fn suites(cluster: &Cluster, cargo_args: &[&str], test_args: &[&str]) -> Command {
+    let mut c = cluster.command_on(cluster.home(), "cargo");
+    c.current_dir(paths::repo())
+        .args(["test", "-p", "elasti-e2e", "--locked", "--offline"])
+        .args(cargo_args)
+        .args(["--", "--ignored", "--test-threads=1"])
+        .args(test_args);
+    c
+}
+
+/// Brings the cluster up, runs `tests/` with `--ignored` (the suites, then the
+/// end-to-end scenarios), tears it down.
+fn cluster_suites(tally: &mut Tally) -> Result<()> {
     build_suites()?;
-    cluster::up()?;
-    let result = cmd::run_tests(
+    let cluster = cluster::up(kind::DEFAULT_WORKERS)?;
+    let result = run_tests(
         "cluster suites",
-        cluster::in_cluster("cargo")
-            .current_dir(paths::repo())
-            .args(SUITE_ARGS)
-            .args(["--skip", SCENARIOS]),
+        &mut suites(&cluster, &[], &["--skip", SCENARIOS]),
         tally,
     )
-    .and_then(|()| scenarios(tally));
-    let down = cluster::down();
+    .and_then(|()| scenarios(&cluster, tally));
+    let down = kind::down();
     result.and(down)
 }
 
 /// Runs the end-to-end scenarios on the cluster that is up, and prints their table.
-pub fn scenarios(tally: &mut cmd::Tally) -> Result<()> {
+pub fn scenarios(cluster: &Cluster, tally: &mut Tally) -> Result<()> {
     let table = paths::repo().join("target/e2e/scenarios.tsv");
     let _ = std::fs::remove_file(&table);
-    let result = cmd::run_tests(
+    let result = run_tests(
         "end-to-end scenarios",
-        cluster::in_cluster("cargo")
-            .current_dir(paths::repo())
-            .args([
-                "test",
-                "-p",
-                "elasti-e2e",
-                "--locked",
-                "--offline",
-                "--test",
-                "e2e",
-                "--",
-                "--ignored",
-                "--test-threads=1",
-                SCENARIOS,
-            ]),
+        // Streamed as they run: each scenario says what it waits for and what it measured.
+        &mut suites(cluster, &["--test", "e2e"], &[SCENARIOS, "--nocapture"]),
         tally,
     );
     print_scenarios(&table);

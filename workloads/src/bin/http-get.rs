@@ -1,5 +1,8 @@
 //! A minimal HTTP/1.1 client for test pods (the images have no shell or curl): prints the
 //! status line and body of `GET <url>`, exits non-zero if no response arrives in time.
+//! With `--repeat N` it sends N requests, one every `--every-ms` (each on its own
+//! connection and thread, so a held one does not delay the next), and prints one line per
+//! request: `<i> <status line>` or `<i> error: <cause>`.
 use std::{
     io::{Read, Write},
     net::{TcpStream, ToSocketAddrs},
@@ -16,11 +19,26 @@ struct Args {
     /// Give up after this many seconds (connect plus response).
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Requests to send (a stream when more than one).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Milliseconds between the starts of two requests of a stream.
+    #[arg(long, default_value_t = 0)]
+    every_ms: u64,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match get(&args.url, Duration::from_secs(args.timeout)) {
+    let timeout = Duration::from_secs(args.timeout);
+    if args.repeat > 1 {
+        return stream(
+            &args.url,
+            timeout,
+            args.repeat,
+            Duration::from_millis(args.every_ms),
+        );
+    }
+    match get(&args.url, timeout) {
         Ok(resp) => {
             print!("{resp}");
             ExitCode::SUCCESS
@@ -29,6 +47,38 @@ fn main() -> ExitCode {
             eprintln!("http-get {}: {e:#}", args.url);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `repeat` requests, one started every `every`; one line each, in order.
+fn stream(url: &str, timeout: Duration, repeat: u32, every: Duration) -> ExitCode {
+    let started = std::time::Instant::now();
+    let requests: Vec<_> = (0..repeat)
+        .map(|i| {
+            let due = started + every * i;
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            let url = url.to_string();
+            std::thread::spawn(move || get(&url, timeout))
+        })
+        .collect();
+    let mut failed = false;
+    for (i, r) in requests.into_iter().enumerate() {
+        match r.join() {
+            Ok(Ok(resp)) => println!("{i} {}", resp.lines().next().unwrap_or("")),
+            Ok(Err(e)) => {
+                failed = true;
+                println!("{i} error: {e:#}");
+            }
+            Err(_) => {
+                failed = true;
+                println!("{i} error: request thread panicked");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -1,4 +1,4 @@
-//! The figures that need the local cluster, each against a baseline from the same run:
+//! The figures that need the kind cluster, each against a baseline from the same run:
 //!
 //! - warm overhead: `wrk` through a serving Service's ClusterIP from a client in the pods'
 //!   intercepted cgroup, with elasti installed (agent attached, ElastiService in serve
@@ -16,26 +16,38 @@ mod watch;
 
 use std::{
     os::unix::process::CommandExt,
-    path::Path,
+    path::PathBuf,
+    sync::OnceLock,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result, bail};
+use base64::Engine;
+use elasti_testbed::{
+    cmd, elasti,
+    kind::{self, Cluster},
+    kube::kube,
+    objects::App,
+    paths,
+    stats::{median, summarize},
+};
 use serde_json::json;
 
-use crate::{cluster, cmd, images, paths, sample};
+use crate::{cluster as xtask_cluster, images};
 
 const NS: &str = "elasti-bench";
-const PODS_CGROUP: &str = "/sys/fs/cgroup/unified/elasti-e2e";
-const PKI: &str = "/var/lib/elasti-e2e/pki";
-/// The agent's `/metrics`, on the node's address in the cluster's netns (host network).
-const AGENT_METRICS: &str = "http://10.250.0.2:9095/metrics";
 /// Quiet time before each measurement.
 const SETTLE: Duration = Duration::from_secs(5);
 /// Cold requests (and as many baseline cold starts) in the wake-up figures.
 const COLD_STARTS: usize = 20;
 /// Cooldowns ending in a scale-down.
 const SCALE_DOWNS: usize = 10;
+
+/// The cluster the figures run on, found once.
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::discover().unwrap_or_else(|e| panic!("bench: {e:#}")))
+}
 
 /// One wrk run.
 #[derive(Clone, Copy, Debug, Default)]
@@ -46,7 +58,7 @@ struct Wrk {
 }
 
 fn kubectl(args: &[&str]) -> Result<String> {
-    cmd::output("kubectl", cluster::kubectl().args(args))
+    cmd::output("kubectl", cluster().kubectl().args(args))
 }
 
 /// `kubectl -n elasti-bench get <what> -o jsonpath=<path>`.
@@ -54,14 +66,15 @@ fn jsonpath(what: &str, path: &str) -> Result<String> {
     kubectl(&["-n", NS, "get", what, "-o", &format!("jsonpath={path}")])
 }
 
-/// Runs `program` in the netns from a cgroup under the pods' subtree, so its connects are
-/// intercepted exactly like a pod's (it shares the node's network, like a hostNetwork
-/// pod). Returns its standard output.
+/// Runs `program` on the bench's node (its network namespace) from a cgroup under that
+/// node's cgroup, so its connects are intercepted exactly like a pod's there (it shares the
+/// node's network, like a hostNetwork pod). Returns its standard output.
 fn output_in_pods_cgroup(program: &str, args: &[&str]) -> Result<String> {
-    let cgroup = Path::new(PODS_CGROUP).join("bench-client");
+    let node = cluster().home();
+    let cgroup = node.cgroup()?.join("elasti-bench-client");
     std::fs::create_dir_all(&cgroup)?;
     let procs = cgroup.join("cgroup.procs");
-    let mut c = cluster::in_cluster(program);
+    let mut c = cluster().command_on(node, program);
     c.args(args);
     // SAFETY: only open/write/close between fork and exec.
     unsafe {
@@ -80,7 +93,6 @@ fn wrk(url: &str, secs: u32) -> Result<Wrk> {
     )?;
     parse_wrk(url, &out)
 }
-
 fn parse_wrk(url: &str, out: &str) -> Result<Wrk> {
     let ms = |s: &str| -> Option<f64> {
         if let Some(v) = s.strip_suffix("us") {
@@ -112,10 +124,8 @@ fn parse_wrk(url: &str, out: &str) -> Result<Wrk> {
 }
 
 fn install_elasti() -> Result<()> {
-    sample::install_elasti()?;
-    cluster::apply(&format!(
-        "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {{name: web, namespace: {NS}}}\nspec:\n  service: web\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n"
-    ))?;
+    elasti::install_on(cluster(), &[])?;
+    kube()?.apply(NS, &App::http("web").elastiservice())?;
     wait("mode serve", || {
         Ok(jsonpath("elastiservice/web", "{.status.mode}")? == "serve")
     })
@@ -135,17 +145,25 @@ fn delete_elastiservice() -> Result<()> {
     Ok(())
 }
 
+/// elasti gone: the ElastiService first (its finalizer needs the operator), then the chart,
+/// then its pods.
 fn uninstall_elasti() -> Result<()> {
     delete_elastiservice()?;
-    let local = paths::repo().join("deploy/local");
-    kubectl(&[
-        "delete",
-        "-k",
-        &local.display().to_string(),
-        "--ignore-not-found",
-        "--timeout=120s",
-    ])?;
-    Ok(())
+    cmd::output(
+        "helm uninstall",
+        cluster().command(paths::helm_bin().join("helm")).args([
+            "uninstall",
+            "elasti",
+            "-n",
+            elasti::NAMESPACE,
+            "--wait",
+            "--timeout",
+            "120s",
+        ]),
+    )?;
+    wait("elasti's pods gone", || {
+        Ok(kubectl(&["-n", elasti::NAMESPACE, "get", "pods", "-o", "name"])?.is_empty())
+    })
 }
 
 fn wait(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -166,11 +184,12 @@ fn parse_curl_timed(out: &str) -> Result<(f64, u16)> {
     Ok((secs.parse::<f64>()? * 1000.0, code.parse()?))
 }
 
-/// `curl` in the netns: its total time in milliseconds, and the HTTP code.
+/// `curl` beside the cluster: its total time in milliseconds, and the HTTP code.
 fn curl_timed(args: &[&str]) -> Result<(f64, u16)> {
     parse_curl_timed(&cmd::output(
         "curl",
-        cluster::in_cluster("/usr/bin/curl")
+        cluster()
+            .command("/usr/bin/curl")
             .args(CURL_TIMED)
             .args(args),
     )?)
@@ -182,23 +201,59 @@ fn curl_in_pods_cgroup(args: &[&str]) -> Result<(f64, u16)> {
     parse_curl_timed(&output_in_pods_cgroup("/usr/bin/curl", &args)?)
 }
 
+/// The admin credentials of the cluster's kubeconfig as files curl takes: CA, certificate,
+/// key.
+fn admin_pki() -> Result<&'static [PathBuf; 3]> {
+    static PKI: OnceLock<[PathBuf; 3]> = OnceLock::new();
+    if let Some(p) = PKI.get() {
+        return Ok(p);
+    }
+    let text = std::fs::read_to_string(Cluster::kubeconfig())?;
+    let kc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    let dir = paths::cluster_state().join("bench-pki");
+    std::fs::create_dir_all(&dir)?;
+    let mut files = Vec::new();
+    for (name, value) in [
+        (
+            "ca.crt",
+            &kc["clusters"][0]["cluster"]["certificate-authority-data"],
+        ),
+        (
+            "admin.crt",
+            &kc["users"][0]["user"]["client-certificate-data"],
+        ),
+        ("admin.key", &kc["users"][0]["user"]["client-key-data"]),
+    ] {
+        let b64 = value
+            .as_str()
+            .with_context(|| format!("kubeconfig: no {name}"))?;
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            base64::engine::general_purpose::STANDARD.decode(b64)?,
+        )?;
+        files.push(path);
+    }
+    let files: [PathBuf; 3] = files.try_into().map_err(|_| anyhow::anyhow!("pki"))?;
+    Ok(PKI.get_or_init(|| files))
+}
+
 /// `PATCH …/deployments/web/scale` straight to the apiserver (admin client certificate),
 /// as the operator sends it; its time in milliseconds.
 fn scale_patch(replicas: u32) -> Result<f64> {
-    let url = format!("https://10.250.0.2:6443/apis/apps/v1/namespaces/{NS}/deployments/web/scale");
-    let (ca, cert, key) = (
-        format!("{PKI}/ca.crt"),
-        format!("{PKI}/admin.crt"),
-        format!("{PKI}/admin.key"),
+    let url = format!(
+        "https://{}:6443/apis/apps/v1/namespaces/{NS}/deployments/web/scale",
+        cluster().control_plane().ip
     );
+    let [ca, cert, key] = admin_pki()?;
     let body = format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#);
     let (ms, code) = curl_timed(&[
         "--cacert",
-        &ca,
+        &ca.display().to_string(),
         "--cert",
-        &cert,
+        &cert.display().to_string(),
         "--key",
-        &key,
+        &key.display().to_string(),
         "-X",
         "PATCH",
         "-H",
@@ -213,53 +268,24 @@ fn scale_patch(replicas: u32) -> Result<f64> {
     Ok(ms)
 }
 
-/// Waits until the agent steers connects to `web`'s ClusterIP to itself.
+/// Waits until the bench node's agent steers connects to `web`'s ClusterIP to itself.
 fn wait_intercepting() -> Result<()> {
-    let line =
-        format!(r#"elasti_agent_intercepting{{namespace="{NS}",service="web",port="80"}} 1"#);
+    let line = format!("{} 1", elasti::port_series("intercepting", NS, "web", 80));
+    let metrics = format!(
+        "http://{}/metrics",
+        elasti::agent_admin(&cluster().home().ip)
+    );
     wait("the agent intercepting web", || {
-        let metrics = cmd::output(
+        let text = cmd::output(
             "curl",
-            cluster::in_cluster("/usr/bin/curl").args(["-s", AGENT_METRICS]),
+            cluster().command("/usr/bin/curl").args(["-s", &metrics]),
         )?;
-        Ok(metrics.lines().any(|l| l == line))
+        Ok(text.lines().any(|l| l == line))
     })
 }
 
-/// min / median / p99 / max of a sample.
-struct Stats {
-    n: usize,
-    min: f64,
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
-
-fn stats(v: &[f64]) -> Stats {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    // Nearest rank: with 20 samples, p99 is the largest.
-    let rank = |q: f64| {
-        s.get(((q * s.len() as f64).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Stats {
-        n: s.len(),
-        min: s.first().copied().unwrap_or(0.0),
-        p50: rank(0.5),
-        p99: rank(0.99),
-        max: s.last().copied().unwrap_or(0.0),
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    stats(v).p50
-}
-
 fn summary(v: &[f64]) -> serde_json::Value {
-    let s = stats(v);
-    json!({"n": s.n, "min": s.min, "median": s.p50, "p99": s.p99, "max": s.max})
+    summarize(v).json()
 }
 
 /// One section of the cluster figures; `cargo xtask bench --figures` picks them.
@@ -283,16 +309,21 @@ type Section = (String, serde_json::Value);
 /// Runs the chosen cluster figures on a cluster of its own; returns Markdown rows and JSON.
 pub fn run(rounds: usize, figures: &[Figure]) -> Result<Section> {
     images::build()?;
-    cluster::up()?;
+    xtask_cluster::up(kind::DEFAULT_WORKERS)?;
     let result = measure(rounds, figures);
-    let down = cluster::down();
+    let down = kind::down();
     let r = result?;
     down?;
     Ok(r)
 }
 
 fn measure(rounds: usize, figures: &[Figure]) -> Result<Section> {
-    cluster::apply(&sample::web(NS))?;
+    let k = kube()?;
+    k.create_namespace(NS)?;
+    // The client (wrk, curl) runs on the bench node; so does the pod, as on one node.
+    App::http("web")
+        .on_node(&cluster().home().name)
+        .apply(k, NS)?;
     kubectl(&[
         "-n",
         NS,

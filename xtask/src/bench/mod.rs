@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: builds the eBPF object and `elasti-bench` (release) and runs it as
-//! root, then the figures that need the local cluster ([`cluster`]). Results:
+//! root, then the figures that need the kind cluster ([`cluster`]). Results:
 //! `target/bench/results.{json,md}` and `target/bench/cluster.{json,md}`; tables printed.
 mod cluster;
 
@@ -7,7 +7,9 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, ebpf, paths};
+use elasti_testbed::{cmd, paths};
+
+use crate::ebpf;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,6 +1,8 @@
-//! `cargo xtask images`: OCI image tarballs for the agent, the operator, the test workloads,
-//! CoreDNS and pause, built without Docker and imported into the local cluster's
-//! containerd when it is up. `deploy/docker/*.Dockerfile` build the same images with Docker.
+//! `cargo xtask images`: OCI image tarballs for the agent, the operator and the test
+//! workloads, built without Docker and loaded into the kind cluster when it is up
+//! (`kind load image-archive`). `deploy/docker/*.Dockerfile` build the same images with
+//! Docker. The node image's own component images are written here too
+//! (xtask/src/setup/node_image.rs).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -8,15 +10,15 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cluster, cmd, paths};
+use elasti_testbed::{cmd, kind, paths};
 
-mod oci;
+pub mod oci;
 
 use oci::{ImageFile, ImageSpec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only write the tarballs; do not import them even if the cluster is up.
+    /// Only write the tarballs; do not load them even if the cluster is up.
     #[arg(long, default_value_t = false)]
     pub no_import: bool,
 }
@@ -38,8 +40,8 @@ const RUST_IMAGES: &[(&str, &[&str], &str)] = &[
 pub fn run(args: &Args) -> Result<()> {
     let tarballs = build()?;
     if !args.no_import {
-        if cluster::is_up() {
-            cluster::import_images(&tarballs)?;
+        if let Ok(cluster) = kind::Cluster::discover() {
+            cluster.load_images(&tarballs)?;
         } else {
             eprintln!(
                 "cluster is not up; tarballs left in {}",
@@ -60,7 +62,11 @@ pub fn build() -> Result<Vec<PathBuf>> {
     for pkg in ["elasti-agent", "elasti-operator", "elasti-workloads"] {
         build.args(["-p", pkg]);
     }
-    cmd::run("build images: cargo build", &mut build)?;
+    cmd::run_logged(
+        "cargo build --release",
+        &mut build,
+        &paths::image_dir().join("cargo-build.log"),
+    )?;
     p.done();
 
     let p = cmd::Progress::start("write OCI tarballs");
@@ -87,38 +93,78 @@ pub fn build() -> Result<Vec<PathBuf>> {
             &out,
         )?);
     }
-    let pause = paths::pause_bin().join("pause");
-    let coredns = paths::coredns_bin().join("coredns");
-    for (image, bin, user) in [
-        ("pause", &pause, "65535:65535"),
-        ("coredns", &coredns, "0:0"),
-    ] {
-        if !bin.is_file() {
-            bail!("images: {} missing; run `cargo xtask setup`", bin.display());
-        }
-        let dest = format!("/{image}");
-        let files = vec![ImageFile {
-            dest: dest.clone(),
-            source: bin.clone(),
-            mode: 0o755,
-        }];
-        tarballs.push(write(image, files, &dest, user, &out)?);
-    }
     p.done();
     Ok(tarballs)
 }
 
-/// The reference an image is imported under; pause and CoreDNS keep their upstream names
-/// so kubelet and manifests find them where they expect.
-pub fn reference(image: &str) -> String {
-    match image {
-        "pause" => format!("registry.k8s.io/pause:{}", paths::PAUSE_VERSION),
-        "coredns" => format!(
-            "registry.k8s.io/coredns/coredns:v{}",
-            paths::COREDNS_VERSION
+/// The image tarballs already built (loaded by `cluster up`).
+pub fn existing() -> Vec<PathBuf> {
+    std::fs::read_dir(paths::image_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// pause or CoreDNS, from the binaries `setup` builds, under their upstream names so
+/// kubelet and kubeadm find them where they expect.
+pub fn upstream_image(name: &str, out: &Path) -> Result<PathBuf> {
+    let (bin, reference, user) = match name {
+        "pause" => (
+            paths::pause_bin().join("pause"),
+            format!("registry.k8s.io/pause:{}", paths::PAUSE_VERSION),
+            "65535:65535",
         ),
-        other => paths::image_ref(other),
+        "coredns" => (
+            paths::coredns_bin().join("coredns"),
+            format!(
+                "registry.k8s.io/coredns/coredns:v{}",
+                paths::COREDNS_VERSION
+            ),
+            "0:0",
+        ),
+        other => bail!("images: no upstream image {other}"),
+    };
+    if !bin.is_file() {
+        bail!("images: {} missing; run `cargo xtask setup`", bin.display());
     }
+    write_binary_image(
+        &reference,
+        &bin,
+        &format!("/{name}"),
+        user,
+        None,
+        &out.join(format!("{name}.tar")),
+    )
+}
+
+/// An image holding one binary at `dest` (its entrypoint), optionally on `base_layer`.
+pub fn write_binary_image(
+    reference: &str,
+    bin: &Path,
+    dest: &str,
+    user: &str,
+    base_layer: Option<&Path>,
+    out: &Path,
+) -> Result<PathBuf> {
+    let spec = ImageSpec {
+        reference: reference.to_string(),
+        files: vec![ImageFile {
+            dest: dest.to_string(),
+            source: bin.to_path_buf(),
+            mode: 0o755,
+        }],
+        entrypoint: vec![dest.to_string()],
+        env: vec!["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into()],
+        user: user.into(),
+        base_layer: base_layer.map(Path::to_path_buf),
+    };
+    oci::write(&spec, out).with_context(|| format!("image {reference}"))?;
+    eprintln!("    {reference} -> {}", out.display());
+    Ok(out.to_path_buf())
 }
 
 fn write(
@@ -129,11 +175,12 @@ fn write(
     out: &Path,
 ) -> Result<PathBuf> {
     let spec = ImageSpec {
-        reference: reference(image),
+        reference: paths::image_ref(image),
         files,
         entrypoint: vec![entrypoint.to_string()],
         env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()],
         user: user.into(),
+        base_layer: None,
     };
     let path = out.join(format!("{image}.tar"));
     oci::write(&spec, &path).with_context(|| format!("image {image}"))?;

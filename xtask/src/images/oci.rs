@@ -1,5 +1,6 @@
-//! Writes an OCI image layout tarball (one uncompressed layer, config, manifest, index)
-//! that `ctr images import` and `docker load`/`podman load` accept. No Docker needed.
+//! Writes an OCI image layout tarball (uncompressed layers, config, manifest, index) that
+//! `ctr images import`, `kind load image-archive` and `podman load` accept. No Docker
+//! needed.
 use std::{
     fs,
     io::Write,
@@ -27,12 +28,60 @@ pub struct ImageSpec {
     pub env: Vec<String>,
     /// `uid:gid`, numeric so no /etc/passwd lookup is needed.
     pub user: String,
+    /// A prebuilt layer tarball below [`ImageSpec::files`] (a root filesystem).
+    pub base_layer: Option<PathBuf>,
+}
+
+/// One layer's blob: built in memory, or a tarball on disk.
+enum Blob {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Blob {
+    fn digest_and_size(&self) -> Result<(String, u64)> {
+        match self {
+            Self::Bytes(b) => Ok((sha256(b), b.len() as u64)),
+            Self::File(p) => {
+                use std::io::Read;
+                let mut f = fs::File::open(p).with_context(|| p.display().to_string())?;
+                let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+                loop {
+                    let read = f.read(&mut buf)?;
+                    if read == 0 {
+                        break;
+                    }
+                    h.update(&buf[..read]);
+                    n += read as u64;
+                }
+                Ok((hex(&h.finalize()), n))
+            }
+        }
+    }
 }
 
 /// Writes `spec` as an OCI layout tarball at `out`.
 pub fn write(spec: &ImageSpec, out: &Path) -> Result<()> {
-    let layer = layer_tar(&spec.files)?;
-    let layer_digest = sha256(&layer);
+    let mut layers: Vec<Blob> = spec.base_layer.iter().cloned().map(Blob::File).collect();
+    layers.push(Blob::Bytes(layer_tar(&spec.files)?));
+    let described = layers
+        .iter()
+        .map(Blob::digest_and_size)
+        .collect::<Result<Vec<_>>>()?;
+    let diff_ids: Vec<String> = described
+        .iter()
+        .map(|(d, _)| format!("sha256:{d}"))
+        .collect();
+    let layer_descriptors: Vec<serde_json::Value> = described
+        .iter()
+        .map(|(d, size)| {
+            json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": format!("sha256:{d}"),
+                "size": size,
+            })
+        })
+        .collect();
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
@@ -42,7 +91,7 @@ pub fn write(spec: &ImageSpec, out: &Path) -> Result<()> {
             "User": spec.user,
             "WorkingDir": "/",
         },
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "history": [{ "created_by": "cargo xtask images" }],
     }))?;
     let config_digest = sha256(&config);
@@ -54,11 +103,7 @@ pub fn write(spec: &ImageSpec, out: &Path) -> Result<()> {
             "digest": format!("sha256:{config_digest}"),
             "size": config.len(),
         },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": format!("sha256:{layer_digest}"),
-            "size": layer.len(),
-        }],
+        "layers": layer_descriptors,
     }))?;
     let manifest_digest = sha256(&manifest);
     let tag = spec.reference.rsplit_once(':').map_or("latest", |(_, t)| t);
@@ -90,11 +135,14 @@ pub fn write(spec: &ImageSpec, out: &Path) -> Result<()> {
         0o644,
     )?;
     append_bytes(&mut tar, "index.json", &index, 0o644)?;
-    for (digest, blob) in [
-        (&layer_digest, &layer),
-        (&config_digest, &config),
-        (&manifest_digest, &manifest),
-    ] {
+    for (layer, (digest, _)) in layers.iter().zip(&described) {
+        let path = format!("blobs/sha256/{digest}");
+        match layer {
+            Blob::Bytes(b) => append_bytes(&mut tar, &path, b, 0o644)?,
+            Blob::File(p) => tar.append_file(&path, &mut fs::File::open(p)?)?,
+        }
+    }
+    for (digest, blob) in [(&config_digest, &config), (&manifest_digest, &manifest)] {
         append_bytes(&mut tar, &format!("blobs/sha256/{digest}"), blob, 0o644)?;
     }
     tar.into_inner()?.flush()?;
@@ -146,10 +194,11 @@ fn append_bytes<W: Write>(
 }
 
 fn sha256(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(data))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -174,6 +223,7 @@ mod tests {
             entrypoint: vec!["/usr/local/bin/hello".into()],
             env: vec![],
             user: "65532:65532".into(),
+            base_layer: None,
         };
         let out = dir.join("image.tar");
         write(&spec, &out)?;

@@ -3,14 +3,26 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::cmd;
+use elasti_testbed::{cmd, paths};
 
 /// What the build, the test bed and the benchmarks use, and why.
 pub const PACKAGES: &[&str] = &[
-    // container runtime and pod networking for the local kubelet
-    "containerd",
+    // kind's provider here: rootful podman with runc (crun refuses this cgroup-v1 hybrid
+    // host), netavark for its bridge, and Debian's CNI plugins for the node image
+    "podman",
     "runc",
+    "conmon",
+    "fuse-overlayfs",
+    "netavark",
+    "aardvark-dns",
+    "uidmap",
+    "slirp4netns",
+    "golang-github-containers-common",
     "containernetworking-plugins",
+    // unpacking Go from the module proxy when the machine has none new enough
+    "unzip",
+    // the node image's root filesystem (Debian bookworm: systemd 252 still runs on cgroup v1)
+    "debootstrap",
     // kube-proxy's data plane and its helpers; nsenter comes with util-linux
     "iptables",
     "nftables",
@@ -46,16 +58,19 @@ pub fn ensure(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     eprintln!("    installing: {}", missing.join(" "));
-    cmd::run(
+    let logs = paths::cache().join("apt");
+    cmd::run_logged(
         "apt-get update",
-        Command::new("apt-get").args(["update", "-qq"]),
+        Command::new("apt-get").arg("update"),
+        &logs.join("update.log"),
     )?;
-    cmd::run(
+    cmd::run_logged(
         "apt-get install",
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(["install", "-y", "--no-install-recommends"])
             .args(&missing),
+        &logs.join("install.log"),
     )
 }
 

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd, paths};
+use elasti_testbed::{cmd, kind::Provider, paths};
 
 /// Oldest Go that builds Kubernetes 1.35.
 const MIN_GO_MINOR: u32 = 25;
@@ -32,30 +32,111 @@ pub struct GoProgram {
     ldflags: String,
 }
 
-/// Checks that a new enough Go is on PATH.
+/// A new enough Go: the one on PATH, or else Go [`paths::GO_VERSION`] from the Go module
+/// proxy (`golang.org/toolchain`, the zip `go` itself downloads when it switches
+/// toolchains), unpacked into the cache.
 pub fn ensure_go() -> Result<()> {
-    let version = cmd::output("go version", Command::new("go").arg("version"))
-        .context("Go is needed to build Kubernetes, etcd and CoreDNS from the module proxy")?;
-    let minor = version
+    if let Some(version) = go_minor(&go()) {
+        if version >= MIN_GO_MINOR {
+            return Ok(());
+        }
+        eprintln!(
+            "    Go 1.{version} is too old (Kubernetes 1.35 needs 1.{MIN_GO_MINOR}); fetching Go {}",
+            paths::GO_VERSION
+        );
+    } else {
+        eprintln!("    no Go on PATH; fetching Go {}", paths::GO_VERSION);
+    }
+    let dir = paths::go_root();
+    let zip = dir.with_extension("zip");
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let url = format!(
+        "https://proxy.golang.org/golang.org/toolchain/@v/v0.0.1-go{}.linux-amd64.zip",
+        paths::GO_VERSION
+    );
+    cmd::run_logged(
+        "download Go",
+        Command::new("curl")
+            .args(["-fSL", "--retry", "3", "-o"])
+            .arg(&zip)
+            .arg(&url),
+        &dir.with_extension("log"),
+    )?;
+    let unpack = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&unpack);
+    cmd::run_logged(
+        "unzip Go",
+        Command::new("unzip")
+            .args(["-q", "-d"])
+            .arg(&unpack)
+            .arg(&zip),
+        &dir.with_extension("log"),
+    )?;
+    // The zip's one top folder is `golang.org/toolchain@v0.0.1-go<version>.linux-amd64`.
+    let top = unpack.join(format!(
+        "golang.org/toolchain@v0.0.1-go{}.linux-amd64",
+        paths::GO_VERSION
+    ));
+    std::fs::rename(&top, &dir)
+        .with_context(|| format!("moving {} to {}", top.display(), dir.display()))?;
+    std::fs::remove_dir_all(&unpack)?;
+    std::fs::remove_file(&zip)?;
+    match go_minor(&go()) {
+        Some(v) if v >= MIN_GO_MINOR => Ok(()),
+        _ => bail!("Go from the module proxy does not run: {}", go().display()),
+    }
+}
+
+/// The `go` to run: the cached toolchain if setup fetched one, else the one on PATH.
+pub fn go() -> PathBuf {
+    let cached = paths::go_root().join("bin/go");
+    if cached.is_file() {
+        cached
+    } else {
+        PathBuf::from("go")
+    }
+}
+
+/// The minor version of the Go at `go` (`go1.26.8` → 26), if it runs.
+fn go_minor(go: &Path) -> Option<u32> {
+    let version = cmd::output("go version", Command::new(go).arg("version")).ok()?;
+    version
         .split_whitespace()
         .nth(2)
         .and_then(|v| v.strip_prefix("go1."))
         .and_then(|v| v.split('.').next())
         .and_then(|m| m.parse::<u32>().ok())
-        .unwrap_or(0);
-    if minor < MIN_GO_MINOR {
-        bail!(
-            "go version: need go1.{MIN_GO_MINOR} or newer, found {}",
-            version.trim()
-        );
-    }
-    Ok(())
 }
 
-/// Everything this project builds with Go, in build order.
-pub fn programs() -> Result<Vec<GoProgram>> {
-    Ok(vec![kubernetes()?, etcd(), coredns(), helm()])
+/// Everything this project builds with Go, in build order. With Docker, kind's published
+/// node image brings Kubernetes, so only kubectl is built.
+pub fn programs(provider: Provider) -> Result<Vec<GoProgram>> {
+    Ok(match provider {
+        Provider::Podman => vec![
+            kubernetes(&KUBERNETES_COMMANDS)?,
+            etcd(),
+            coredns(),
+            helm(),
+            kind(),
+        ],
+        Provider::Docker => vec![kubernetes(&["kubectl"])?, helm(), kind()],
+    })
 }
+
+/// The Kubernetes binaries the podman node image is made of: kubeadm, kubelet and kubectl
+/// run in the node; the others become its component images.
+const KUBERNETES_COMMANDS: [&str; 7] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
+    "kubeadm",
+];
 
 fn program(name: &'static str, version: &str, bin: PathBuf) -> GoProgram {
     GoProgram {
@@ -71,17 +152,9 @@ fn program(name: &'static str, version: &str, bin: PathBuf) -> GoProgram {
     }
 }
 
-fn kubernetes() -> Result<GoProgram> {
+fn kubernetes(cmds: &[&'static str]) -> Result<GoProgram> {
     let v = paths::KUBERNETES_VERSION;
     let mut p = program("kubernetes", v, paths::kubernetes_bin());
-    let cmds = [
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "kubelet",
-        "kube-proxy",
-        "kubectl",
-    ];
     p.outputs = cmds.to_vec();
     if p.is_cached() {
         return Ok(p);
@@ -136,7 +209,7 @@ fn kubernetes() -> Result<GoProgram> {
 fn staging_modules(version: &str) -> Result<Vec<String>> {
     let out = cmd::output(
         "go mod download k8s.io/kubernetes",
-        Command::new("go").args([
+        Command::new(go()).args([
             "mod",
             "download",
             "-json",
@@ -198,6 +271,20 @@ fn helm() -> GoProgram {
     p
 }
 
+fn kind() -> GoProgram {
+    let v = paths::KIND_VERSION;
+    let mut p = program("kind", v, paths::kind_bin());
+    p.outputs = vec!["kind"];
+    p.go_mod =
+        format!("module elasti.local/build/kind\n\ngo 1.25.0\n\nrequire sigs.k8s.io/kind v{v}\n");
+    p.files.push((
+        "tools.go",
+        "//go:build tools\n\npackage tools\n\nimport _ \"sigs.k8s.io/kind\"\n".into(),
+    ));
+    p.packages = vec!["sigs.k8s.io/kind".into()];
+    p
+}
+
 fn coredns() -> GoProgram {
     let v = paths::COREDNS_VERSION;
     let mut p = program("coredns", v, paths::coredns_bin());
@@ -205,14 +292,18 @@ fn coredns() -> GoProgram {
     p.go_mod = format!(
         "module elasti.local/build/coredns\n\ngo 1.25.0\n\nrequire github.com/coredns/coredns v{v}\n"
     );
-    // Only the plugins the cluster's Corefile uses: no cloud SDKs to download and build.
+    // Only the plugins kubeadm's Corefile names: no cloud SDKs to download and build.
+    // `forward` must exist for that Corefile to parse; the cluster's own Corefile drops it
+    // (xtask/src/cluster/kind.rs), so nothing is ever forwarded out of the cluster.
     let plugins = [
         "cache",
         "errors",
+        "forward",
         "health",
         "kubernetes",
         "log",
         "loop",
+        "metrics",
         "ready",
         "reload",
         "loadbalance",
@@ -263,14 +354,28 @@ impl GoProgram {
             &mut self.go(&["mod", "tidy"]),
             &self.src.join("tidy.log"),
         )?;
-        let mut build = self.go(&["build", "-trimpath", "-ldflags", &self.ldflags, "-o"]);
+        // `go build -v` logs one package per line as it compiles: with the count of what
+        // the build depends on, that is its progress.
+        let total = self
+            .go(&["list", "-deps"])
+            .args(&self.packages)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count());
+        let mut build = self.go(&["build", "-v", "-trimpath", "-ldflags", &self.ldflags, "-o"]);
         if self.packages.len() == 1 {
             build.arg(self.bin.join(self.outputs[0]));
         } else {
             build.arg(format!("{}/", self.bin.display()));
         }
         build.args(&self.packages);
-        cmd::run_logged(&format!("{}: go build", self.name), &mut build, &log)?;
+        cmd::run_logged_counting(
+            &format!("{}: go build", self.name),
+            &mut build,
+            &log,
+            total.map(|n| (n, "packages")),
+        )?;
         for o in &self.outputs {
             if !self.bin.join(o).is_file() {
                 bail!("{}: go build did not produce {o}", self.name);
@@ -281,7 +386,7 @@ impl GoProgram {
     }
 
     fn go(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("go");
+        let mut c = Command::new(go());
         c.current_dir(&self.src)
             .env("CGO_ENABLED", "0")
             .env("GOFLAGS", "-mod=mod -buildvcs=false")
@@ -302,7 +407,7 @@ pub fn ensure_pause() -> Result<()> {
     fs::create_dir_all(&bin)?;
     let info = cmd::output(
         "go mod download k8s.io/kubernetes",
-        Command::new("go").args([
+        Command::new(go()).args([
             "mod",
             "download",
             "-json",

@@ -4,14 +4,14 @@
 use std::time::Instant;
 
 use anyhow::Result;
-
-use crate::{cmd::Progress, paths};
+use elasti_testbed::{cmd::Progress, kind::Provider, paths};
 
 mod apt;
 mod gobuild;
+mod node_image;
 mod toolchain;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Args {
     /// Skip the Debian packages (for machines where they are managed elsewhere).
     #[arg(long, default_value_t = false)]
@@ -34,15 +34,22 @@ pub fn run(args: &Args) -> Result<()> {
         toolchain::ensure()?;
         p.done();
     }
+    let provider = Provider::detect();
+    eprintln!("kind provider: {} ({})", provider.name(), provider.reason());
     gobuild::ensure_go()?;
-    for program in gobuild::programs()? {
+    for program in gobuild::programs(provider)? {
         let p = Progress::start(format!("{} {}", program.name, program.version));
         program.ensure()?;
         p.done();
     }
-    let p = Progress::start(format!("pause {}", paths::PAUSE_VERSION));
-    gobuild::ensure_pause()?;
-    p.done();
+    if provider == Provider::Podman {
+        let p = Progress::start(format!("pause {}", paths::PAUSE_VERSION));
+        gobuild::ensure_pause()?;
+        p.done();
+        let p = Progress::start(format!("kind node image {}", paths::node_image()));
+        node_image::ensure()?;
+        p.done();
+    }
     eprintln!(
         "setup complete in {:.0}s; cache at {}",
         start.elapsed().as_secs_f64(),

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, paths};
+use elasti_testbed::{cmd, paths};
 
 pub fn ensure() -> Result<()> {
     let toolchains = cmd::output(

@@ -149,7 +149,7 @@ impl ColdStarts {
             },
         });
         let p = |v: &[f64]| {
-            let st = super::stats(v);
+            let st = elasti_testbed::stats::summarize(v);
             format!("{:.1} / {:.1}", st.p50, st.p99)
         };
         let n = e.len();

@@ -13,11 +13,15 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+use elasti_testbed::{cmd, kube::kube, objects, paths, prometheus::Prometheus};
+
 use super::{
-    NS, curl_timed, delete_elastiservice, jsonpath, scale_patch, summary, wait,
+    NS, cluster, curl_timed, delete_elastiservice, jsonpath, scale_patch, summary, wait,
     watch::{Watch, ms_between},
 };
-use crate::{cluster, demo};
+
+/// Prometheus's port beside the cluster.
+const PROMETHEUS_PORT: u16 = 9091;
 
 const COOLDOWN_SECS: u64 = 3;
 
@@ -28,43 +32,34 @@ pub struct ScaleDowns {
     baseline: Vec<f64>,
 }
 
-fn elastiservice() -> String {
-    format!(
-        r#"apiVersion: elasti.truefoundry.com/v1alpha1
-kind: ElastiService
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  service: web
-  cooldownPeriod: {COOLDOWN_SECS}
-  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}
-  triggers:
-  - type: prometheus
-    metadata:
-      serverAddress: http://{prometheus}
-      query: vector(0)
-      threshold: "0.5"
-      uptimeFilter: job="prometheus"
-"#,
-        prometheus = demo::PROMETHEUS
-    )
+/// The ElastiService whose trigger always reads idle (`vector(0)`).
+fn elastiservice(prometheus: &str) -> elasti_api::ElastiService {
+    let mut es = objects::App::http("web").elastiservice();
+    es.spec.cooldown_period = COOLDOWN_SECS as i32;
+    es.spec.triggers = vec![objects::prometheus_trigger(prometheus, "vector(0)", "0.5")];
+    es
 }
 
 /// `rounds` scale-downs at the cooldown's end. Starts Prometheus; leaves `web` at one
 /// replica with no ElastiService.
 pub fn measure(rounds: usize) -> Result<ScaleDowns> {
-    demo::start_prometheus()?;
+    let prometheus = Prometheus::start(
+        cluster(),
+        PROMETHEUS_PORT,
+        paths::cluster_state().join("bench-prometheus"),
+    )?;
     delete_elastiservice()?;
     let replicas = Watch::start(
         "Deployment",
         &["deployment", "web", "-n", NS],
         r#"{.spec.replicas}{"\n"}"#,
     )?;
-    let query_url = format!("http://{}/api/v1/query", demo::PROMETHEUS);
+    let query_url = format!("{}/api/v1/query", prometheus.url);
     // Prometheus must have scraped itself once for `up{job="prometheus"}`.
     wait("Prometheus' own up series", || {
-        let out = crate::cmd::output(
+        let out = cmd::output(
             "curl",
-            cluster::in_cluster("/usr/bin/curl").args([
+            cluster().command("/usr/bin/curl").args([
                 "-s",
                 "-G",
                 "--data-urlencode",
@@ -91,7 +86,7 @@ pub fn measure(rounds: usize) -> Result<ScaleDowns> {
         let patch_ms = scale_patch(1)?;
         r.baseline.push(query_ms + patch_ms);
 
-        cluster::apply(&elastiservice())?;
+        kube()?.apply(NS, &elastiservice(&prometheus.url))?;
         let created = jsonpath("elastiservice/web", "{.metadata.creationTimestamp}")?;
         let created: SystemTime = created
             .parse::<jiff::Timestamp>()
@@ -111,7 +106,7 @@ pub fn measure(rounds: usize) -> Result<ScaleDowns> {
 
 impl ScaleDowns {
     pub fn report(&self) -> (String, serde_json::Value) {
-        let st = |v: &[f64]| super::stats(v);
+        let st = |v: &[f64]| elasti_testbed::stats::summarize(v);
         let (b, x) = (st(&self.baseline), st(&self.reaction));
         let row = format!(
             "| operator reaction: cooldown over, trigger under threshold → scaled to 0 (median of {}, min–max) | Prometheus query + `/scale` patch sent straight {:.1} ms | {:.0} ms ({:.0}–{:.0}) | +{:.0} ms |\n",

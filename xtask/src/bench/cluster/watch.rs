@@ -12,8 +12,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::cluster;
-
 pub struct Watch {
     what: String,
     child: Child,
@@ -24,7 +22,8 @@ impl Watch {
     /// `kubectl get <args> --watch -o jsonpath=<template>`; `template` prints one line per
     /// object (it must end in `{"\n"}`).
     pub fn start(what: &str, args: &[&str], template: &str) -> Result<Self> {
-        let mut child = cluster::kubectl()
+        let mut child = super::cluster()
+            .kubectl()
             .arg("get")
             .args(args)
             .args(["--watch", "-o", &format!("jsonpath={template}")])

@@ -16,6 +16,18 @@ fn rank(v: &[f64], q: f64) -> f64 {
     v[i]
 }
 
+impl Summary {
+    /// `{n, min, median, p99, max}`, as the bench's JSON lists every figure.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"n": self.n, "min": self.min, "median": self.p50, "p99": self.p99, "max": self.max})
+    }
+}
+
+/// The median of `samples` (nearest rank).
+pub fn median(samples: &[f64]) -> f64 {
+    summarize(samples).p50
+}
+
 pub fn summarize(samples: &[f64]) -> Summary {
     let mut v = samples.to_vec();
     v.sort_by(f64::total_cmp);
