@@ -273,6 +273,8 @@ pub fn elastiservice(name: &str, kind: Kind) -> ElastiService {
             cooldown_period: 900,
             triggers: Vec::new(),
             autoscaler: None,
+            enabled_period: None,
+            probe_response: Vec::new(),
         },
         status: None,
     }
