@@ -1,10 +1,10 @@
 //! The agent's flags. Every one has a default (or says why it must be given) and an
 //! `ELASTI_*` environment variable, so the DaemonSet can set them from the downward API.
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
+use std::{net::IpAddr, net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::hold::admission::Limits;
+use crate::hold::admission::{Budget, Limits};
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -49,9 +49,47 @@ pub struct Args {
     #[arg(long, env = "ELASTI_ADMIN_ADDRESS", default_value = "0.0.0.0:9090")]
     pub admin_address: SocketAddr,
 
+    /// A second admin server for the kubelet's probes, on the node's loopback: no pod can
+    /// reach it, so no flood of the admin port can make a healthy agent look dead. Empty:
+    /// none.
+    #[arg(long, env = "ELASTI_HEALTH_ADDRESS", default_value = "127.0.0.1:9096")]
+    pub health_address: String,
+
     /// Connections/requests one service may hold at once; more get 503 + Retry-After.
     #[arg(long, env = "ELASTI_MAX_HELD", default_value_t = Limits::DEFAULT_MAX_HELD)]
     pub max_held: usize,
+
+    /// Connections every service on this node may hold together; more get 503 +
+    /// Retry-After, so one tenant cannot take the whole agent.
+    #[arg(long, env = "ELASTI_MAX_HELD_TOTAL", default_value_t = Budget::DEFAULT_MAX_COUNT)]
+    pub max_held_total: usize,
+
+    /// Bytes of unread requests every held connection on this node may pin together.
+    #[arg(long, env = "ELASTI_MAX_HELD_BYTES", default_value_t = Budget::DEFAULT_MAX_BYTES)]
+    pub max_held_bytes: usize,
+
+    /// Connections open at once on one proxy port (held or being forwarded); more are
+    /// closed at accept.
+    #[arg(
+        long,
+        env = "ELASTI_MAX_CONNECTIONS_PER_PORT",
+        default_value_t = 20_000
+    )]
+    pub max_connections_per_port: usize,
+
+    /// Connections open at once on all proxy ports of this node; more are closed at accept.
+    /// Each costs two descriptors; stay under the open-files limit.
+    #[arg(long, env = "ELASTI_MAX_CONNECTIONS", default_value_t = 60_000)]
+    pub max_connections: usize,
+
+    /// The proxy ports the operator allocates from (its `--proxy-ports`); a status naming
+    /// any other port is refused, so the agent never listens on, say, its admin port.
+    #[arg(long, env = "ELASTI_PROXY_PORTS", default_value = "24000-27999", value_parser = parse_port_range)]
+    pub proxy_ports: RangeInclusive<u16>,
+
+    /// Seconds between two wakes of a service while something waits and it is not Ready.
+    #[arg(long, env = "ELASTI_REWAKE_SECS", default_value_t = 2)]
+    pub rewake_secs: u64,
 
     /// Seconds a held connection/request waits for a Ready endpoint before 504.
     #[arg(long, env = "ELASTI_HOLD_TIMEOUT_SECS", default_value_t = Limits::DEFAULT_DEADLINE.as_secs())]
@@ -62,9 +100,30 @@ pub struct Args {
     #[arg(long, env = "ELASTI_HANDBACK_GRACE_MS", default_value_t = 2000)]
     pub handback_grace_ms: u64,
 
-    /// Seconds to let accepted connections finish on SIGTERM before exiting.
-    #[arg(long, env = "ELASTI_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    /// Seconds to let held and accepted connections finish on SIGTERM before exiting; 0
+    /// means as long as the hold timeout, so a rolling update answers everything it held.
+    #[arg(long, env = "ELASTI_DRAIN_TIMEOUT_SECS", default_value_t = 0)]
     pub drain_timeout_secs: u64,
+
+    /// Run a supervisor that owns the listeners, the programs and every unread held
+    /// connection, and restarts the worker at once if it crashes (nothing held is lost).
+    /// The in-process suites run the worker alone.
+    #[arg(long, env = "ELASTI_SUPERVISE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub supervise: bool,
+
+    /// The supervisor's socket, set by the supervisor for its worker (not for humans).
+    #[arg(long, env = crate::supervisor::FD_ENV, hide = true)]
+    pub supervisor_fd: Option<i32>,
+
+    /// `net.ipv4.tcp_migrate_req` of the node, mounted by the DaemonSet: set to 1 at start,
+    /// so connects queued on a listener that closes in a rolling update move to the new
+    /// agent's listener instead of being reset. Ignored when absent.
+    #[arg(
+        long,
+        env = "ELASTI_TCP_MIGRATE_REQ_PATH",
+        default_value = "/host/proc/sys/net/ipv4/tcp_migrate_req"
+    )]
+    pub tcp_migrate_req_path: PathBuf,
 
     /// Base URL of the operator's wake API.
     #[arg(
@@ -102,14 +161,53 @@ impl Args {
     pub fn limits(&self) -> Limits {
         Limits {
             max_held: self.max_held,
-            deadline: std::time::Duration::from_secs(self.hold_timeout_secs),
+            deadline: Duration::from_secs(self.hold_timeout_secs),
         }
     }
+
+    /// How long a SIGTERM waits for held connections: the hold timeout unless set.
+    pub fn drain_timeout(&self) -> Duration {
+        match self.drain_timeout_secs {
+            0 => Duration::from_secs(self.hold_timeout_secs),
+            secs => Duration::from_secs(secs),
+        }
+    }
+}
+
+/// `24000-27999`.
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST"))?;
+    let (lo, hi): (u16, u16) = (
+        lo.trim().parse().map_err(|e| format!("{lo:?}: {e}"))?,
+        hi.trim().parse().map_err(|e| format!("{hi:?}: {e}"))?,
+    );
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?}: an empty or invalid range"));
+    }
+    Ok(lo..=hi)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges_are_parsed_and_bad_ones_refused() {
+        assert_eq!(parse_port_range("24000-27999"), Ok(24000..=27999));
+        assert!(parse_port_range("27999-24000").is_err());
+        assert!(parse_port_range("24000").is_err());
+        assert!(parse_port_range("0-10").is_err());
+    }
+
+    #[test]
+    fn the_drain_lasts_the_hold_timeout_unless_set() {
+        let a = Args::parse_from(["elasti-agent", "--hold-timeout-secs", "120"]);
+        assert_eq!(a.drain_timeout(), Duration::from_secs(120));
+        let b = Args::parse_from(["elasti-agent", "--drain-timeout-secs", "7"]);
+        assert_eq!(b.drain_timeout(), Duration::from_secs(7));
+    }
 
     #[test]
     fn file_values_become_flags_and_the_command_line_wins() {

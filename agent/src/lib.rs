@@ -5,17 +5,23 @@
 //! - [`hold`]: per-service bounded queues that wait for Ready endpoints.
 //! - [`forward`]: from a held connection or request straight to a Ready pod.
 //! - [`wake`]: readiness from EndpointSlices, and the scale-up notification.
-//! - [`plan`]: which (Service, port)s to hold, from the watched objects (pure).
-//! - [`run`]: the agent's main loop: watches, listeners, map entries, admin server.
+//! - [`plan`]: which (Service, port)s to hold and the state machine that decides what to do
+//!   about them (pure).
+//! - [`run`]: the worker's loop: observe, decide, act; the admin server.
+//! - [`supervisor`]: the process that keeps sockets, programs and unread held connections
+//!   across the worker's crashes.
+//! - [`health`]: progress of the loop and the watches, and the fail-open watchdog.
 //! - [`metrics`]: every outcome, counted (served by `elasti_runtime::admin`).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod forward;
+pub mod health;
 pub mod hold;
 pub mod intercept;
 pub mod listen;
 pub mod metrics;
 pub mod plan;
 pub mod run;
+pub mod supervisor;
 pub mod wake;

@@ -1,4 +1,5 @@
-//! `elasti-agent`: args, tracing, run.
+//! `elasti-agent`: args, tracing, then the supervisor (which starts this binary again as
+//! its worker) or the worker itself.
 use elasti_agent::config::Args;
 
 #[tokio::main]
@@ -10,6 +11,10 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     elasti_runtime::init_tracing(args.common.log_json);
-    elasti_agent::run::run(args).await?;
+    if args.supervise && args.supervisor_fd.is_none() {
+        elasti_agent::supervisor::run(args).await?;
+    } else {
+        elasti_agent::run::run(args).await?;
+    }
     Ok(())
 }

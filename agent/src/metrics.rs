@@ -44,6 +44,12 @@ pub enum Outcome {
     Malformed,
     /// The client closed its connection before its answer (while held, or mid-forward).
     ClientGone,
+    /// Refused at accept: the listener's or the node's connection cap was reached.
+    Overloaded,
+    /// The ElastiService's target does not exist (HTTP 503): nothing was held.
+    TargetNotFound,
+    /// A request the pod closed on before answering, sent again to another endpoint.
+    Retried,
 }
 
 /// What became of one `POST /v1/wake`.
@@ -104,7 +110,16 @@ const HOLD_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
 ];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+    pub reason: String,
+}
+
 pub struct Metrics {
+    refused: Family<RefusedLabels, Counter>,
     outcomes: Family<OutcomeLabels, Counter>,
     held: Family<ServiceLabels, Gauge>,
     hold_seconds: Family<ServiceLabels, Histogram>,
@@ -118,6 +133,7 @@ impl Metrics {
     /// Creates the metrics and registers them under `elasti_agent_*`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            refused: Family::default(),
             outcomes: Family::default(),
             held: Family::default(),
             hold_seconds: Family::new_with_constructor(|| Histogram::new(HOLD_BUCKETS)),
@@ -131,6 +147,11 @@ impl Metrics {
             "outcomes",
             "Held connections and requests by what became of them",
             m.outcomes.clone(),
+        );
+        r.register(
+            "refused_ports",
+            "Service ports the agent would not hold, by reason (proxy port taken or out of range, target missing, bind failed)",
+            m.refused.clone(),
         );
         r.register(
             "held",
@@ -185,6 +206,18 @@ impl Metrics {
     pub fn outcome(&self, id: &ServiceId, protocol: Protocol, outcome: Outcome) {
         self.outcomes
             .get_or_create(&OutcomeLabels::new(id, protocol, outcome))
+            .inc();
+    }
+
+    /// `id` is not held, because of `reason`.
+    pub fn refused(&self, id: &ServiceId, reason: &str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                namespace: id.namespace.clone(),
+                service: id.name.clone(),
+                port: id.port,
+                reason: reason.into(),
+            })
             .inc();
     }
 

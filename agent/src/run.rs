@@ -1,19 +1,13 @@
-//! The agent's main loop. Reflectors keep ElastiServices, Services and EndpointSlices in
-//! memory; on every change (and when a hand-back grace ends) [`plan`] says which ports to
-//! hold, and this module applies the difference:
-//!
-//! - a held port gets its listener **before** its map entries go in;
-//! - its map entries come out **before** its listener closes;
-//! - Ready endpoints go to the port's `watch` channel the moment the slice says so, which
-//!   releases every waiter at once.
+//! The agent's worker loop: **observe** (reflectors keep ElastiServices, Services and
+//! EndpointSlices in memory; each held service counts its waiters), **decide**
+//! ([`crate::plan::Machine`], pure), **act** (this module: listeners, map entries,
+//! endpoint feeds, wakes). It runs under the supervisor (`crate::supervisor`), which keeps
+//! its sockets and programs across crashes, or alone (the in-process suites).
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -23,22 +17,27 @@ use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{Client, runtime::reflector::Store};
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{Notify, Semaphore, watch};
 
-use elasti_runtime::{admin, reflect};
+use elasti_runtime::{DisplayChain, admin, reflect};
 
 use crate::{
     config::Args,
-    hold::{Endpoints, HeldService, ServiceId},
+    health::{self, Health},
+    hold::{Budget, Endpoints, HeldService, ServiceId},
     intercept::{
         Interceptor,
         ids::IdAllocator,
         programs::{cgroup_id, cgroup2_mount},
         proxy_addr::ProxyInterface,
     },
-    listen::{ProxyListener, bind_reuseport},
+    listen::{Caps, Conn, Context, Host, ProxyListener},
     metrics::Metrics,
-    plan::{self, HeldPort},
+    plan::{self, Action, HeldPort, Machine, Observed, Settings},
+    supervisor::{
+        self,
+        client::{Resumed, Supervisor},
+    },
     wake::{notify, readiness},
 };
 
@@ -63,28 +62,31 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The supervisor could not be reached.
+    #[error("connecting to the supervisor failed")]
+    Supervisor(#[from] supervisor::client::Error),
+    /// The supervisor's descriptor is not usable.
+    #[error("the supervisor's descriptor")]
+    SupervisorFd(#[source] std::io::Error),
 }
 
 /// How often the eBPF rewrite counters are copied into /metrics: well under a typical
 /// 30 s scrape interval, and a map read per held port costs microseconds.
 const REWRITE_EXPORT_PERIOD: Duration = Duration::from_secs(10);
 
-/// One port being held, with everything that lives as long as it does.
+/// A service port the machine knows, with everything that lives as long as it does.
 struct Active {
-    plan: HeldPort,
-    counter_id: u32,
     service: Arc<HeldService>,
     endpoints: watch::Sender<Endpoints>,
-    listener: ProxyListener,
-    /// When the port last got a Ready endpoint; `None` while it has none.
-    ready_since: Option<Instant>,
-    intercepting: bool,
+    /// The last plan of it seen, so its endpoints can be fed after it stops being managed.
+    plan: HeldPort,
+    counter_id: u32,
     /// The eBPF counters as last exported to /metrics.
     exported: RewriteCounters,
 }
 
-/// Runs the agent until SIGTERM/SIGINT, then empties the maps, stops accepting, and
-/// drains accepted connections.
+/// Runs the agent until SIGTERM/SIGINT: as the worker of a supervisor when started by one,
+/// else alone.
 pub async fn run(args: Args) -> Result<(), Error> {
     run_until(args, shutdown_signal()).await
 }
@@ -94,83 +96,124 @@ pub async fn run_until(
     args: Args,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let cgroup = resolve_cgroup(&args.cgroup_path)?;
     raise_fd_limit();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let registry = Arc::new(registry);
-    let ready = Arc::new(AtomicBool::new(false));
-    tokio::spawn({
-        let (addr, registry, ready) = (args.admin_address, registry.clone(), ready.clone());
-        async move {
-            if let Err(source) = admin::serve(addr, registry, ready).await {
-                tracing::error!(error = %Error::Admin { addr, source }, "admin server stopped");
+    let health = Health::new();
+    let probes: Option<SocketAddr> = args.health_address.parse().ok();
+    for addr in std::iter::once(args.admin_address).chain(probes) {
+        let (registry, health) = (registry.clone(), health.clone());
+        tokio::spawn(async move {
+            if let Err(source) = admin::serve(addr, registry, health).await {
+                let e = Error::Admin { addr, source };
+                tracing::error!(error = %DisplayChain(&e), "admin server stopped");
             }
-        }
-    });
+        });
+    }
 
-    // The proxy address exists before any connect is steered to it.
-    let proxy_interface = if args.proxy_interface.is_empty() {
-        None
-    } else {
-        let link = ProxyInterface::ensure(&args.proxy_interface, args.proxy_address).await?;
-        tracing::info!(link = link.name(), kind = ?link.kind, addr = %link.addr, "proxy address ready");
-        Some(link)
+    // Supervised, the supervisor owns the link, the programs and the listeners; alone, the
+    // worker makes its own.
+    let (host, mut interceptor, proxy_interface, resumed) = match args.supervisor_fd {
+        Some(fd) => {
+            let fd = supervisor::inherited(fd).map_err(Error::SupervisorFd)?;
+            let (sup, maps, resumed) = Supervisor::connect(fd).await?;
+            let interceptor = Interceptor::from_map_fds(maps)?;
+            tracing::info!("worker: connected to the supervisor");
+            (
+                Host::Supervised(Arc::new(sup)),
+                interceptor,
+                None,
+                Some(resumed),
+            )
+        }
+        None => {
+            let cgroup = resolve_cgroup(&args.cgroup_path)?;
+            let link = if args.proxy_interface.is_empty() {
+                None
+            } else {
+                let link =
+                    ProxyInterface::ensure(&args.proxy_interface, args.proxy_address).await?;
+                tracing::info!(link = link.name(), kind = ?link.kind, addr = %link.addr, "proxy address ready");
+                Some(link)
+            };
+            let mut interceptor = Interceptor::attach(&cgroup)?;
+            if let Some(logger) = interceptor.take_logger() {
+                tokio::spawn(crate::intercept::programs::drain_logs(logger));
+            }
+            // The agent's own connects (to pods, to the operator) must never be steered.
+            if let Ok(own) = own_cgroup_id() {
+                interceptor.exclude_cgroup(own)?;
+            }
+            tracing::info!(cgroup = %cgroup.display(), proxy = %args.proxy_address, "eBPF programs attached");
+            let host = Host::Standalone {
+                listen_address: args.listen_address,
+            };
+            (host, interceptor, link, None)
+        }
     };
-    let mut interceptor = Interceptor::attach(&cgroup)?;
-    if let Some(logger) = interceptor.take_logger() {
-        tokio::spawn(crate::intercept::programs::drain_logs(logger));
+    enable_tcp_migrate_req(&args.tcp_migrate_req_path);
+    if let Err(e) = interceptor
+        .map_fds()
+        .and_then(Interceptor::from_map_fds)
+        .map_err(|e| std::io::Error::other(DisplayChain(&e).to_string()))
+        .and_then(|maps| health::spawn_watchdog(health.clone(), maps))
+    {
+        tracing::warn!(error = %e, "no watchdog: a stalled agent would not clear its maps");
     }
-    // The agent's own connects (to pods, to the operator) must never be steered.
-    if let Ok(own) = own_cgroup_id() {
-        interceptor.exclude_cgroup(own)?;
-    }
-    tracing::info!(cgroup = %cgroup.display(), proxy = %args.proxy_address, "eBPF programs attached");
 
     let client = Client::try_default().await.map_err(Error::Client)?;
     let (es_store, es_events) = reflect::<ElastiService>(&client, args.common.namespaces());
     let (svc_store, svc_events) = reflect::<Service>(&client, None);
     let (eps_store, eps_events) = reflect::<EndpointSlice>(&client, None);
-    // Each watch runs on its own task and pokes the loop below on every change.
-    let changed = Arc::new(tokio::sync::Notify::new());
-    for events in [es_events, svc_events, eps_events] {
-        let changed = changed.clone();
-        tokio::spawn(events.for_each(move |()| {
-            changed.notify_one();
-            futures::future::ready(())
-        }));
+    // Each watch runs on its own task, pokes the loop on every change and reports its
+    // health.
+    let changed = Arc::new(Notify::new());
+    for (i, events) in [es_events, svc_events, eps_events].into_iter().enumerate() {
+        let (changed, health) = (changed.clone(), health.clone());
+        tokio::spawn(async move {
+            let mut events = events;
+            while let Some(event) = events.next().await {
+                if let Err(e) = &event {
+                    tracing::warn!(watch = health::WATCHES[i], error = %DisplayChain(e), "watch failed; retrying");
+                }
+                health.watched(i, event.is_ok());
+                changed.notify_one();
+            }
+            health.watch_ended(i);
+        });
     }
 
-    let active: Arc<Mutex<HashMap<ServiceId, watch::Receiver<Endpoints>>>> = Arc::default();
-    let is_ready: notify::IsReady = {
-        let active = active.clone();
-        Arc::new(move |id| {
-            active
-                .lock()
-                .map(|a| a.get(id).is_some_and(|rx| !rx.borrow().is_empty()))
-                .unwrap_or(false)
-        })
-    };
-    let notifier = Arc::new(notify::Notifier::spawn(
-        notify::Config {
-            operator_url: args.operator_url.clone(),
-            token_path: args.token_path.clone(),
-            give_up_after: args.limits().deadline,
-        },
-        is_ready,
-        metrics.clone(),
-    ));
-
-    let mut state = State {
+    let mut io = Io {
         held: HashMap::new(),
+        listeners: BTreeMap::new(),
+        contexts: HashMap::new(),
         ids: IdAllocator::default(),
+        budget: Arc::new(Budget::new(args.max_held_total, args.max_held_bytes)),
+        caps: Caps {
+            per_listener: args.max_connections_per_port,
+            node: Arc::new(Semaphore::new(args.max_connections)),
+        },
         args: args.clone(),
         metrics: metrics.clone(),
-        notifier,
-        receivers: active,
-        draining: Vec::new(),
+        notifier: notify::Notifier::new(
+            notify::Config {
+                operator_url: args.operator_url.clone(),
+                token_path: args.token_path.clone(),
+            },
+            metrics.clone(),
+        ),
+        host,
+        changed: changed.clone(),
     };
-    let grace = Duration::from_millis(args.handback_grace_ms);
+    let mut machine = Machine::new(Settings {
+        grace: Duration::from_millis(args.handback_grace_ms),
+        hold_timeout: args.limits().deadline,
+        rewake: Duration::from_secs(args.rewake_secs.max(1)),
+        proxy_ports: args.proxy_ports.clone(),
+    });
+    machine.adopt(interceptor.held_addrs());
+
     tokio::pin!(shutdown);
     // Until every reflector has listed once, a missing object only means "not seen yet".
     let synced = tokio::select! {
@@ -181,17 +224,39 @@ pub async fn run_until(
         } => true,
         () = &mut shutdown => false,
     };
+    let stores = Stores {
+        es: es_store,
+        services: svc_store,
+        slices: eps_store,
+    };
+    let mut resumed = resumed;
     if synced {
         tracing::info!("watches synced");
-        let mut next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
-        ready.store(true, Ordering::Release);
+        let mut next = io
+            .step(&mut machine, &mut interceptor, &stores, false)
+            .await
+            .next;
+        if let Host::Supervised(s) = &io.host {
+            s.synced().await;
+        }
+        health.set_ready();
         let mut export = tokio::time::interval(REWRITE_EXPORT_PERIOD);
         loop {
-            let wake_at = next_check.map(tokio::time::Instant::from_std);
+            health.beat();
+            let wake_at = next.map(tokio::time::Instant::from_std);
             tokio::select! {
                 () = changed.notified() => {}
                 _ = export.tick() => {
-                    state.export_rewrites(&interceptor);
+                    io.export_rewrites(&interceptor);
+                    continue;
+                }
+                Some(r) = async {
+                    match resumed.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    io.resume(r);
                     continue;
                 }
                 () = async {
@@ -202,16 +267,29 @@ pub async fn run_until(
                 } => {}
                 () = &mut shutdown => break,
             }
-            next_check = state.sync(&mut interceptor, &es_store, &svc_store, &eps_store, grace);
+            next = io
+                .step(&mut machine, &mut interceptor, &stores, false)
+                .await
+                .next;
         }
     }
-    state
-        .shutdown(
-            &mut interceptor,
-            Duration::from_secs(args.drain_timeout_secs),
-            &eps_store,
-        )
-        .await;
+
+    // SIGTERM: out of the path at once, then what is held stays fed (the EndpointSlice
+    // watch keeps running) until it is answered or the drain ends.
+    let deadline = Instant::now() + args.drain_timeout();
+    let held: usize = io.held.values().map(|a| a.service.held()).sum();
+    tracing::info!(held, drain = ?args.drain_timeout(), "shutting down: out of the path, draining");
+    loop {
+        let d = io.step(&mut machine, &mut interceptor, &stores, true).await;
+        if d.finished || Instant::now() >= deadline {
+            break;
+        }
+        health.beat();
+        tokio::select! {
+            () = changed.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
     drop(interceptor);
     match proxy_interface {
         Some(link) if args.remove_interface_on_exit => link.remove().await?,
@@ -223,217 +301,326 @@ pub async fn run_until(
     Ok(())
 }
 
-struct State {
+struct Stores {
+    es: Store<ElastiService>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+}
+
+/// The worker's side effects, applied as the machine decides.
+struct Io {
     held: HashMap<ServiceId, Active>,
+    /// Open listeners by proxy port, with the service they serve.
+    listeners: BTreeMap<u16, (ServiceId, ProxyListener)>,
+    /// The connection context of every proxy port listened on since its service appeared,
+    /// for connections the supervisor hands back after the listener closed.
+    contexts: HashMap<u16, Context>,
     ids: IdAllocator,
+    budget: Arc<Budget>,
+    caps: Caps,
     args: Args,
     metrics: Arc<Metrics>,
     notifier: Arc<notify::Notifier>,
-    receivers: Arc<Mutex<HashMap<ServiceId, watch::Receiver<Endpoints>>>>,
-    /// Connection counters of listeners already closed, for the final drain.
-    draining: Vec<Arc<AtomicUsize>>,
+    host: Host,
+    changed: Arc<Notify>,
 }
 
-impl State {
-    /// Brings listeners, endpoint channels and map entries in line with the stores.
-    /// Returns when the next hand-back grace ends, if one is running.
-    fn sync(
+impl Io {
+    /// Observe, decide, act, once.
+    async fn step(
         &mut self,
+        machine: &mut Machine,
         interceptor: &mut Interceptor,
-        es: &Store<ElastiService>,
-        services: &Store<Service>,
-        slices: &Store<EndpointSlice>,
-        grace: Duration,
-    ) -> Option<Instant> {
-        let all_es = es.state();
-        let svc_state = services.state();
-        let lookup = |ns: &str, name: &str| {
-            svc_state
-                .iter()
-                .find(|s| {
-                    s.metadata.namespace.as_deref() == Some(ns)
-                        && s.metadata.name.as_deref() == Some(name)
-                })
-                .cloned()
-        };
-        let desired = plan::held_ports(all_es.iter().map(|e| e.as_ref()), lookup);
-
-        // Gone: map entries out first, then the listener closes (accepted ones finish).
-        let wanted: std::collections::HashSet<&ServiceId> = desired.iter().map(|h| &h.id).collect();
-        let gone: Vec<ServiceId> = self
-            .held
-            .keys()
-            .filter(|id| !wanted.contains(id))
-            .cloned()
-            .collect();
-        for id in gone {
-            if let Some(mut a) = self.held.remove(&id) {
-                release(interceptor, &mut a, &self.metrics);
-                self.metrics.forget(&id);
-                self.draining.push(a.listener.active());
-                self.ids.release(&id);
-                if let Ok(mut r) = self.receivers.lock() {
-                    r.remove(&id);
-                }
-                tracing::info!(service = %id, "no longer managed; released");
-            }
+        stores: &Stores,
+        draining: bool,
+    ) -> plan::Decision {
+        let observed = self.observe(stores, draining);
+        let decision = machine.decide(&observed, Instant::now());
+        for action in decision.actions.clone() {
+            self.apply(action, machine, interceptor).await;
         }
+        decision
+    }
 
-        let now = Instant::now();
-        let all_slices = slices.state();
-        let mut next: Option<Instant> = None;
-        for port in desired {
-            let endpoints = port_endpoints(&all_slices, &port);
-            let is_ready = !endpoints.is_empty();
-            if !self.held.contains_key(&port.id) {
-                match self.start(port.clone(), is_ready, now) {
-                    Ok(a) => {
-                        // The counter slot may have served an earlier port.
-                        if let Err(e) = interceptor.reset_rewrites(a.counter_id) {
-                            tracing::warn!(service = %port.id, error = %e, "resetting rewrite counters failed");
-                        }
-                        self.held.insert(port.id.clone(), a);
+    fn observe(&self, stores: &Stores, draining: bool) -> Observed {
+        let services = stores.services.state();
+        let by_name: HashMap<(&str, &str), &Arc<Service>> = services
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    (
+                        s.metadata.namespace.as_deref()?,
+                        s.metadata.name.as_deref()?,
+                    ),
+                    s,
+                ))
+            })
+            .collect();
+        let all_es = stores.es.state();
+        let ports = plan::held_ports(all_es.iter().map(|e| e.as_ref()), |ns, name| {
+            by_name.get(&(ns, name)).map(|s| (*s).clone())
+        });
+        let slices = stores.slices.state();
+        let mut ready = HashMap::new();
+        for p in ports.iter().chain(self.held.values().map(|a| &a.plan)) {
+            ready
+                .entry(p.id.clone())
+                .or_insert_with(|| port_endpoints(&slices, p));
+        }
+        let held = self
+            .held
+            .iter()
+            .map(|(id, a)| (id.clone(), a.service.held()))
+            .collect();
+        Observed {
+            ports,
+            ready,
+            held,
+            draining,
+        }
+    }
+
+    /// The service `id` (created the first time the machine names it).
+    fn active(&mut self, id: &ServiceId, plan: Option<&HeldPort>) -> Option<&mut Active> {
+        if !self.held.contains_key(id) {
+            let plan = plan?.clone();
+            let counter_id = self.ids.get_or_allocate(id)?;
+            let (tx, rx) = watch::channel(Endpoints::from(Vec::new()));
+            let changed = self.changed.clone();
+            let service = Arc::new(HeldService::new(
+                id.clone(),
+                rx,
+                self.args.limits(),
+                self.budget.clone(),
+                Arc::new(move || changed.notify_one()),
+                self.metrics.held_gauge(id),
+            ));
+            self.held.insert(
+                id.clone(),
+                Active {
+                    service,
+                    endpoints: tx,
+                    plan,
+                    counter_id,
+                    exported: RewriteCounters::default(),
+                },
+            );
+        }
+        self.held.get_mut(id)
+    }
+
+    async fn apply(
+        &mut self,
+        action: Action,
+        machine: &mut Machine,
+        interceptor: &mut Interceptor,
+    ) {
+        match action {
+            Action::Listen {
+                service,
+                proxy_port,
+            } => {
+                let plan = machine.plan_of(&service).cloned();
+                let Some(active) = self.active(&service, plan.as_ref()) else {
+                    tracing::error!(%service, "too many held ports for the eBPF counter map; not holding");
+                    self.metrics.refused(&service, "TooManyPorts");
+                    machine.listen_failed(&service);
+                    return;
+                };
+                let counter_id = active.counter_id;
+                let held_service = active.service.clone();
+                if let Err(e) = interceptor.reset_rewrites(counter_id) {
+                    tracing::warn!(%service, error = %DisplayChain(&e), "resetting rewrite counters failed");
+                }
+                let ctx = Context {
+                    service: held_service,
+                    metrics: self.metrics.clone(),
+                    host: self.host.clone(),
+                    proxy_port,
+                };
+                let listener = match self.host.listener(proxy_port).await {
+                    Ok(l) => ProxyListener::spawn(l, ctx.clone(), &self.caps),
+                    Err(e) => Err(e),
+                };
+                match listener {
+                    Ok(l) => {
+                        tracing::info!(%service, proxy_port, "listening for the held service");
+                        self.contexts.insert(proxy_port, ctx);
+                        self.listeners.insert(proxy_port, (service, l));
                     }
                     Err(e) => {
-                        tracing::error!(service = %port.id, proxy_port = port.proxy_port, error = %e, "cannot listen; not holding");
-                        continue;
+                        tracing::error!(%service, proxy_port, error = %e, "cannot listen; not holding");
+                        self.metrics.refused(&service, "BindFailed");
+                        machine.listen_failed(&service);
                     }
                 }
             }
-            let Some(a) = self.held.get_mut(&port.id) else {
-                continue;
-            };
-            if a.plan.cluster_addrs != port.cluster_addrs {
-                // The Service's IPs changed: re-key the map entries.
-                release(interceptor, a, &self.metrics);
-                a.plan = port.clone();
-            }
-            a.endpoints.send_if_modified(|current| {
-                if current[..] == endpoints[..] {
-                    return false;
+            Action::Map {
+                service,
+                addrs,
+                proxy_port,
+            } => {
+                if self
+                    .listeners
+                    .get(&proxy_port)
+                    .is_none_or(|(owner, _)| *owner != service)
+                {
+                    // Its listener failed to open: nothing is steered to a closed port.
+                    return;
                 }
-                *current = endpoints.clone();
-                true
-            });
-            match (is_ready, a.ready_since) {
-                (true, None) => a.ready_since = Some(now),
-                (false, Some(_)) => a.ready_since = None,
-                _ => {}
+                let Some(counter_id) = self.held.get(&service).map(|a| a.counter_id) else {
+                    return;
+                };
+                let proxy = SocketAddr::new(self.args.proxy_address, proxy_port);
+                match interceptor.hold_all(&addrs, proxy, counter_id) {
+                    Ok(()) => {
+                        self.metrics.intercepting(&service, true);
+                        tracing::info!(%service, %proxy, "holding: connects to the ClusterIP go to the agent");
+                    }
+                    Err(e) => {
+                        tracing::error!(%service, error = %DisplayChain(&e), "map insert failed; nothing of it left in; retrying at the next decision");
+                        machine.map_failed(&service);
+                    }
+                }
             }
-            let want = plan::intercept(a.ready_since, now, grace);
-            if want && !a.intercepting {
-                let proxy = SocketAddr::new(self.args.proxy_address, a.plan.proxy_port);
-                let ok = a.plan.cluster_addrs.iter().all(|addr| {
-                    interceptor
-                        .hold(*addr, proxy, a.counter_id)
-                        .map_err(|e| tracing::error!(service = %a.plan.id, %addr, error = %e, "map insert failed"))
-                        .is_ok()
-                });
-                a.intercepting = ok;
-                self.metrics.intercepting(&a.plan.id, ok);
-                tracing::info!(service = %a.plan.id, %proxy, "holding: connects to the ClusterIP go to the agent");
-            } else if !want && a.intercepting {
-                release(interceptor, a, &self.metrics);
-                tracing::info!(service = %a.plan.id, "handed back: connects take the normal path");
+            Action::Unmap { service, addrs } => {
+                for addr in &addrs {
+                    if let Err(e) = interceptor.release(*addr) {
+                        tracing::error!(%service, %addr, error = %DisplayChain(&e), "map delete failed");
+                    }
+                }
+                self.metrics.intercepting(&service, false);
+                tracing::info!(%service, "out of the path: connects take the normal path");
             }
-            if let Some(since) = a.ready_since.filter(|_| a.intercepting) {
-                let end = since + grace;
-                next = Some(next.map_or(end, |n| n.min(end)));
+            Action::Clear { addrs } => {
+                for addr in &addrs {
+                    let _ = interceptor.release(*addr);
+                }
+                tracing::info!(
+                    entries = addrs.len(),
+                    "removed map entries an earlier agent left"
+                );
+            }
+            Action::Close {
+                service,
+                proxy_port,
+            } => {
+                if self
+                    .listeners
+                    .get(&proxy_port)
+                    .is_some_and(|(owner, _)| *owner == service)
+                {
+                    self.listeners.remove(&proxy_port);
+                    self.host.closed(proxy_port).await;
+                    tracing::info!(%service, proxy_port, "listener closed");
+                }
+            }
+            Action::Feed { service, endpoints } => {
+                let plan = machine.plan_of(&service).cloned();
+                if let Some(a) = self.active(&service, plan.as_ref()) {
+                    if let Some(p) = plan {
+                        a.plan = p;
+                    }
+                    a.endpoints.send_replace(endpoints);
+                }
+            }
+            Action::Wake { service } => self.notifier.wake(service),
+            Action::Fail { service, reason } => {
+                if let Some(a) = self.held.get(&service) {
+                    tracing::warn!(%service, ?reason, held = a.service.held(), "answering what is held without a pod");
+                    a.service.fail();
+                }
+            }
+            Action::Forget { service } => {
+                if self.held.remove(&service).is_some() {
+                    self.ids.release(&service);
+                    self.metrics.forget(&service);
+                    self.contexts.retain(|_, c| c.service.id() != &service);
+                    tracing::info!(%service, "no longer managed; released");
+                }
+            }
+            Action::Refuse {
+                service,
+                proxy_port,
+                reason,
+            } => {
+                tracing::warn!(%service, proxy_port, ?reason, "not holding this service port");
+                self.metrics.refused(&service, refusal_label(&reason));
             }
         }
-        next
+    }
+
+    /// A connection the supervisor kept for this worker's predecessor.
+    fn resume(&mut self, r: Resumed) {
+        let Host::Supervised(sup) = &self.host else {
+            return;
+        };
+        let kept = sup.resumed(r.id);
+        let _ = r.stream.set_nonblocking(true);
+        let (Ok(stream), Some(ctx)) = (
+            tokio::net::TcpStream::from_std(r.stream),
+            self.contexts.get(&r.port),
+        ) else {
+            tracing::warn!(
+                id = r.id,
+                port = r.port,
+                "a kept connection for a port no longer held; closed"
+            );
+            return;
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        let conn = Conn {
+            stream,
+            peer,
+            kept: Some(kept),
+        };
+        match self.listeners.get(&r.port) {
+            Some((_, l)) => l.inject(conn),
+            None => {
+                // Not listened on any more (its service is Ready): served all the same.
+                crate::listen::listener::serve_one(conn, ctx.clone());
+            }
+        }
     }
 
     /// Adds what each held port's eBPF rewrite counters grew by to /metrics.
     fn export_rewrites(&mut self, interceptor: &Interceptor) {
-        for a in self.held.values_mut() {
+        for (id, a) in &mut self.held {
             let Ok(now) = interceptor.rewrites(a.counter_id) else {
                 continue;
             };
             self.metrics.rewrites(
-                &a.plan.id,
+                id,
                 now.connects.saturating_sub(a.exported.connects),
                 now.peernames.saturating_sub(a.exported.peernames),
             );
             a.exported = now;
         }
     }
+}
 
-    /// Starts holding a port: listener first; the map entries follow in `sync`.
-    fn start(&mut self, port: HeldPort, ready: bool, now: Instant) -> std::io::Result<Active> {
-        let listener = bind_reuseport(SocketAddr::new(self.args.listen_address, port.proxy_port))?;
-        let counter_id = self
-            .ids
-            .get_or_allocate(&port.id)
-            .ok_or_else(|| std::io::Error::other("too many held ports for the eBPF counter map"))?;
-        let (tx, rx) = watch::channel(Endpoints::from(Vec::new()));
-        if let Ok(mut r) = self.receivers.lock() {
-            r.insert(port.id.clone(), rx.clone());
-        }
-        let service = Arc::new(HeldService::new(
-            port.id.clone(),
-            rx,
-            self.args.limits(),
-            self.notifier.clone(),
-            self.metrics.held_gauge(&port.id),
-        ));
-        let listener = ProxyListener::spawn(listener, service.clone(), self.metrics.clone())?;
-        tracing::info!(service = %port.id, proxy_port = port.proxy_port, ready, "listening for held service");
-        // A port already Ready when first seen (agent start, warm service) is not steered.
-        let ready_since = ready.then(|| now.checked_sub(Duration::from_secs(3600)).unwrap_or(now));
-        Ok(Active {
-            plan: port,
-            counter_id,
-            service,
-            endpoints: tx,
-            listener,
-            ready_since,
-            intercepting: false,
-            exported: RewriteCounters::default(),
-        })
+fn refusal_label(r: &plan::Refusal) -> &'static str {
+    match r {
+        plan::Refusal::OutOfRange => "OutOfRange",
+        plan::Refusal::PortTaken { .. } => "PortTaken",
+        plan::Refusal::TargetNotFound => "TargetNotFound",
     }
+}
 
-    /// SIGTERM: empty the maps, stop accepting, let accepted connections finish. What is
-    /// still held keeps waiting: its endpoints stay fed from the EndpointSlice watch, so it
-    /// is forwarded the moment a pod is Ready (a rolling update of the agent loses nothing).
-    async fn shutdown(
-        mut self,
-        interceptor: &mut Interceptor,
-        drain: Duration,
-        slices: &Store<EndpointSlice>,
-    ) {
-        for a in self.held.values_mut() {
-            release(interceptor, a, &self.metrics);
-        }
-        let mut counters = std::mem::take(&mut self.draining);
-        counters.extend(self.held.values().map(|a| a.listener.active()));
-        let held: usize = self.held.values().map(|a| a.service.held()).sum();
-        let feeds: Vec<(HeldPort, watch::Sender<Endpoints>, Arc<HeldService>)> = self
-            .held
-            .drain()
-            .map(|(_, a)| {
-                drop(a.listener);
-                (a.plan, a.endpoints, a.service)
-            })
-            .collect();
-        tracing::info!(
-            held,
-            "shutting down: maps emptied, listeners closed; draining"
-        );
-        let deadline = Instant::now() + drain;
-        while counters.iter().any(|c| c.load(Ordering::Acquire) > 0) && Instant::now() < deadline {
-            let all_slices = slices.state();
-            for (plan, endpoints, _) in &feeds {
-                let now = port_endpoints(&all_slices, plan);
-                endpoints.send_if_modified(|current| {
-                    let changed = current[..] != now[..];
-                    if changed {
-                        *current = now;
-                    }
-                    changed
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// `net.ipv4.tcp_migrate_req = 1`: when a `SO_REUSEPORT` listener closes (the old agent of
+/// a rolling update), the connects queued on it move to another listener of the same port
+/// (the new agent's) instead of being reset.
+fn enable_tcp_migrate_req(path: &Path) {
+    if !path.exists() {
+        tracing::info!(path = %path.display(), "no tcp_migrate_req here; a closing listener's queue is not migrated");
+        return;
+    }
+    match std::fs::write(path, b"1") {
+        Ok(()) => tracing::info!("net.ipv4.tcp_migrate_req = 1"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not set tcp_migrate_req")
         }
     }
 }
@@ -465,23 +652,12 @@ fn port_endpoints(slices: &[Arc<EndpointSlice>], port: &HeldPort) -> Endpoints {
     .into()
 }
 
-/// Takes the port's map entries out: new connects go where they were aimed.
-fn release(interceptor: &mut Interceptor, a: &mut Active, metrics: &Metrics) {
-    a.intercepting = false;
-    metrics.intercepting(&a.plan.id, false);
-    for addr in &a.plan.cluster_addrs {
-        if let Err(e) = interceptor.release(*addr) {
-            tracing::error!(service = %a.plan.id, %addr, error = %e, "map delete failed");
-        }
-    }
-}
-
 /// The cgroup to attach at: the flag's path, or with `auto` the host's cgroup v2 root.
 ///
 /// A path that is not itself on a cgroup2 filesystem but holds one at `unified/` (the
 /// host's `/sys/fs/cgroup` of a cgroup v1 hybrid host, mounted as the DaemonSet's hostPath)
 /// resolves to that, so one chart value serves pure v2 and hybrid nodes.
-fn resolve_cgroup(flag: &str) -> Result<PathBuf, Error> {
+pub(crate) fn resolve_cgroup(flag: &str) -> Result<PathBuf, Error> {
     if flag != "auto" {
         let p = PathBuf::from(flag);
         return [p.clone(), p.join("unified")]
@@ -515,7 +691,7 @@ fn is_cgroup2(dir: &Path) -> bool {
 }
 
 /// This process's cgroup v2 id, from `/proc/self/cgroup`'s `0::<path>` line.
-fn own_cgroup_id() -> std::io::Result<u64> {
+pub(crate) fn own_cgroup_id() -> std::io::Result<u64> {
     let text = std::fs::read_to_string("/proc/self/cgroup")?;
     let rel = text
         .lines()

@@ -8,8 +8,8 @@ use std::{
 };
 
 use elasti_agent::{
-    hold::{Endpoints, HeldService, ServiceId, Wake, admission::Limits},
-    listen::{ProxyListener, bind_reuseport},
+    hold::{Budget, Endpoints, HeldService, ServiceId, admission::Limits},
+    listen::{Caps, Context, Host, ProxyListener, bind_reuseport},
     metrics::{Metrics, Outcome, Protocol},
 };
 use elasti_workloads::client;
@@ -19,25 +19,24 @@ use tokio::{
     sync::watch,
 };
 
+/// How many callers started waiting (each tells the run loop, which decides the wakes).
 #[derive(Default)]
-struct Wakes(Mutex<usize>);
-
-impl Wake for Wakes {
-    fn wake(&self, _: &ServiceId) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-    }
-}
+struct Waiters(Mutex<usize>);
 
 struct Proxy {
     addr: SocketAddr,
     service: Arc<HeldService>,
     metrics: Arc<Metrics>,
     endpoints: watch::Sender<Endpoints>,
-    wakes: Arc<Wakes>,
+    waiters: Arc<Waiters>,
     _listener: ProxyListener,
 }
 
 async fn proxy(limits: Limits) -> Proxy {
+    proxy_with_caps(limits, 20_000).await
+}
+
+async fn proxy_with_caps(limits: Limits, per_listener: usize) -> Proxy {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let (tx, rx) = watch::channel(Endpoints::from(Vec::new()));
@@ -46,22 +45,37 @@ async fn proxy(limits: Limits) -> Proxy {
         name: "web".into(),
         port: 80,
     };
-    let wakes = Arc::new(Wakes::default());
+    let waiters = Arc::new(Waiters::default());
+    let w = waiters.clone();
     let service = Arc::new(HeldService::new(
         id.clone(),
         rx,
         limits,
-        wakes.clone(),
+        Arc::new(Budget::default()),
+        Arc::new(move || *w.0.lock().unwrap_or_else(|e| e.into_inner()) += 1),
         metrics.held_gauge(&id),
     ));
     let listener = bind_reuseport("127.0.0.1:0".parse().expect("addr")).expect("bind proxy");
-    let listener = ProxyListener::spawn(listener, service.clone(), metrics.clone()).expect("spawn");
+    let proxy_port = listener.local_addr().expect("addr").port();
+    let ctx = Context {
+        service: service.clone(),
+        metrics: metrics.clone(),
+        host: Host::Standalone {
+            listen_address: "127.0.0.1".parse().expect("ip"),
+        },
+        proxy_port,
+    };
+    let caps = Caps {
+        per_listener,
+        node: Arc::new(tokio::sync::Semaphore::new(60_000)),
+    };
+    let listener = ProxyListener::spawn(listener, ctx, &caps).expect("spawn");
     Proxy {
         addr: listener.local_addr(),
         service,
         metrics,
         endpoints: tx,
-        wakes,
+        waiters,
         _listener: listener,
     }
 }
@@ -123,9 +137,9 @@ async fn a_thousand_held_http_requests_and_tcp_connections_are_all_answered_afte
         .collect::<Vec<_>>();
     wait_held(&p, 1000).await;
     assert_eq!(
-        *p.wakes.0.lock().expect("lock"),
-        1,
-        "one wake for the whole cold start"
+        *p.waiters.0.lock().expect("lock"),
+        1000,
+        "the run loop hears of every waiter (it decides the one wake: plan::machine)"
     );
 
     let pod = http_pod("web-1").await;
@@ -314,8 +328,164 @@ async fn a_client_leaving_while_held_is_counted_gone_and_bad_http_malformed() {
     assert!(answer.starts_with("HTTP/1.1 400"), "got {answer:?}");
     assert_eq!(count(Outcome::Malformed), 1);
     assert_eq!(
-        p.wakes.0.lock().map(|n| *n).unwrap_or(0),
+        p.waiters.0.lock().map(|n| *n).unwrap_or(0),
         1,
-        "only the held request woke"
+        "only the well-formed request was held; the bad one was answered at once"
     );
+}
+
+/// A "pod" that accepts and closes every connection before answering (it died after its
+/// endpoint was listed Ready).
+async fn dying_pod() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind pod");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            drop(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_held_http_1_1_answer_closes_the_connection_so_the_client_goes_direct_next() {
+    let p = proxy(Limits::default()).await;
+    let addr = p.addr;
+    let held = tokio::spawn(async move {
+        let mut conn = client::Http1::connect(addr).await.expect("connect");
+        let first = conn
+            .send("GET", "/", &[], bytes::Bytes::new())
+            .await
+            .expect("first answer");
+        let second = conn.send("GET", "/", &[], bytes::Bytes::new()).await;
+        (first, second)
+    });
+    wait_held(&p, 1).await;
+    p.endpoints
+        .send_replace(Endpoints::from(vec![http_pod("web-5").await]));
+    let (first, second) = held.await.expect("task");
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "the agent leaves the path after its first answer"
+    );
+    assert!(second.is_err(), "the connection is closed: {second:?}");
+}
+
+#[tokio::test]
+async fn a_held_h2_connection_gets_goaway_after_its_streams() {
+    use http_body_util::BodyExt;
+    let p = proxy(Limits::default()).await;
+    let addr = p.addr;
+    let held = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let req = || {
+            hyper::Request::get("http://web/")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request")
+        };
+        let first = tx.send_request(req()).await.expect("first stream");
+        let body = first.into_body().collect().await.expect("body").to_bytes();
+        // GOAWAY: the connection ends once its streams are done.
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        (body, ended.is_ok())
+    });
+    wait_held(&p, 1).await;
+    p.endpoints
+        .send_replace(Endpoints::from(vec![http_pod("web-6").await]));
+    let (body, ended) = held.await.expect("task");
+    assert_eq!(&body[..], b"pod=web-6\n");
+    assert!(ended, "the server ended the h2 connection (GOAWAY)");
+}
+
+#[tokio::test]
+async fn a_request_whose_pod_closes_before_answering_is_retried_once_elsewhere() {
+    let p = proxy(Limits::default()).await;
+    let held = tokio::spawn(http1_get(p.addr, "/"));
+    wait_held(&p, 1).await;
+    // The first endpoint tried accepts and closes; the request goes to the other.
+    let (dying, live) = (dying_pod().await, http_pod("web-7").await);
+    p.endpoints.send_replace(Endpoints::from(vec![dying, live]));
+    let (status, _, body) = held.await.expect("task");
+    assert_eq!((status, body.as_str()), (200, "pod=web-7\n"));
+    assert_eq!(
+        p.metrics
+            .count(p.service.id(), Protocol::Http1, Outcome::Retried),
+        1,
+        "the retry is counted"
+    );
+}
+
+#[tokio::test]
+async fn the_pod_sees_the_clients_address_and_not_the_hop_by_hop_headers() {
+    let p = proxy(Limits::default()).await;
+    let addr = p.addr;
+    let held = tokio::spawn(async move {
+        client::Http1::connect(addr)
+            .await
+            .expect("connect")
+            .send(
+                "GET",
+                "/",
+                &[
+                    ("x-forwarded-for", "203.0.113.9"),
+                    ("keep-alive", "timeout=9"),
+                ],
+                bytes::Bytes::new(),
+            )
+            .await
+            .expect("answer")
+    });
+    wait_held(&p, 1).await;
+    p.endpoints
+        .send_replace(Endpoints::from(vec![http_pod("web-8").await]));
+    let a = held.await.expect("task");
+    // The workload echoes x- headers: the agent appended the client (127.0.0.1 here).
+    assert_eq!(
+        a.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+        Some(&b"203.0.113.9, 127.0.0.1"[..])
+    );
+    assert_eq!(
+        a.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        Some(&b"http"[..])
+    );
+}
+
+#[tokio::test]
+async fn connections_past_the_listener_cap_are_closed_and_counted() {
+    let p = proxy_with_caps(Limits::default(), 2).await;
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(http1_get(p.addr, "/")))
+        .collect();
+    wait_held(&p, 2).await;
+    let mut extra = TcpStream::connect(p.addr).await.expect("connect");
+    extra
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut extra, &mut out),
+    )
+    .await;
+    assert!(read.is_ok() && out.is_empty(), "closed at accept: {out:?}");
+    assert_eq!(
+        p.metrics
+            .count(p.service.id(), Protocol::Tcp, Outcome::Overloaded),
+        1
+    );
+    p.endpoints
+        .send_replace(Endpoints::from(vec![http_pod("web-9").await]));
+    for h in held {
+        assert_eq!(h.await.expect("task").0, 200, "the held ones are unharmed");
+    }
 }

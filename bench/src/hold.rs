@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use elasti_agent::{
-    hold::{Endpoints, HeldService, ServiceId, Wake, admission::Limits},
-    listen::{ProxyListener, bind_reuseport},
+    hold::{Budget, Endpoints, HeldService, ServiceId, admission::Limits},
+    listen::{Caps, Context as ListenContext, Host, ProxyListener, bind_reuseport},
     metrics::Metrics,
 };
 use serde::Serialize;
@@ -24,12 +24,6 @@ use tokio::{
 };
 
 use elasti_testbed::stats::{Summary, summarize};
-
-struct NoWake;
-
-impl Wake for NoWake {
-    fn wake(&self, _: &ServiceId) {}
-}
 
 struct Proxy {
     addr: SocketAddr,
@@ -55,14 +49,25 @@ fn proxy(max_held: usize) -> Result<Proxy> {
         id.clone(),
         rx,
         limits,
-        Arc::new(NoWake),
+        Arc::new(Budget::default()),
+        Arc::new(|| {}),
         metrics.held_gauge(&id),
     ));
-    let listener = ProxyListener::spawn(
-        bind_reuseport("127.0.0.1:0".parse()?)?,
-        service.clone(),
+    let listener = bind_reuseport("127.0.0.1:0".parse()?)?;
+    let proxy_port = listener.local_addr()?.port();
+    let ctx = ListenContext {
+        service: service.clone(),
         metrics,
-    )?;
+        host: Host::Standalone {
+            listen_address: "127.0.0.1".parse()?,
+        },
+        proxy_port,
+    };
+    let caps = Caps {
+        per_listener: max_held * 2,
+        node: Arc::new(tokio::sync::Semaphore::new(max_held * 2)),
+    };
+    let listener = ProxyListener::spawn(listener, ctx, &caps)?;
     Ok(Proxy {
         addr: listener.local_addr(),
         service,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use elasti_api::ElastiService;
-use elasti_runtime::{admin, reflect};
+use elasti_runtime::{DisplayChain, admin, reflect};
 use futures::StreamExt;
 use kube::{
     Client, ResourceExt,
@@ -75,7 +75,11 @@ pub async fn run_until(
     });
 
     let (store, events) = reflect::<ElastiService>(&client, args.common.namespaces());
-    let reflector_task = tokio::spawn(events.for_each(|()| async {}));
+    let reflector_task = tokio::spawn(events.for_each(|event| async move {
+        if let Err(e) = event {
+            tracing::warn!(error = %DisplayChain(&e), "ElastiService watch failed; retrying");
+        }
+    }));
     // The one waiter on the store: its readiness future wakes only its last poller.
     let (synced_tx, synced_rx) = watch::channel(false);
     tokio::spawn({

@@ -14,6 +14,22 @@ mod reflect;
 
 pub use reflect::{Events, reflect};
 
+/// An error and every cause under it, `: `-separated, for logs: `%e` alone drops the
+/// causes that say what actually failed.
+pub struct DisplayChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
 /// Installs the global `tracing` subscriber: `RUST_LOG` (default `info`), text or JSON, on
 /// stdout. Text is coloured only on a terminal: under `kubectl logs` escape codes are noise.
 pub fn init_tracing(json: bool) {
@@ -58,6 +74,31 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn a_chain_shows_every_cause() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(
+            DisplayChain(&outer).to_string(),
+            "wake failed: connection refused"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wake failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
         }
     }
 

@@ -9,8 +9,10 @@ use kube::{
     },
 };
 
-/// Yields `()` after each change the reflector applied (and on watch errors, after backoff).
-pub type Events = BoxStream<'static, ()>;
+/// Yields `Ok(())` after each change the reflector applied, and the error of each failed
+/// watch call (retried after backoff), so the caller can tell a quiet watch from a broken
+/// one.
+pub type Events = BoxStream<'static, Result<(), watcher::Error>>;
 
 /// A reflector for `K` in `namespaces` (or all), and the stream that drives it: poll it and
 /// the store fills.
@@ -40,6 +42,6 @@ where
                 _ => true,
             })
         });
-    let stream = reflector(writer, events).map(|_| ()).boxed();
+    let stream = reflector(writer, events).map(|r| r.map(|_| ())).boxed();
     (reader, stream)
 }

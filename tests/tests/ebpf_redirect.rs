@@ -247,3 +247,62 @@ fn with_the_agent_gone_connects_behave_as_before() {
         "ordinary connects still work: {direct}"
     );
 }
+
+#[test]
+fn a_map_insert_that_fails_halfway_leaves_nothing_in() {
+    if !root_or_skip("a_map_insert_that_fails_halfway_leaves_nothing_in") {
+        return;
+    }
+    let bed = TestBed::new("rollback");
+    let mut i = Interceptor::attach(&bed.cgroup).expect("attach");
+    let proxy: SocketAddr = "169.254.20.11:24000".parse().expect("addr");
+    // Fill the map to one short of its size: the second entry of the next port fails.
+    let capacity = elasti_common::MAX_SERVICES as usize;
+    for n in 0..capacity - 1 {
+        let addr = SocketAddr::new(
+            std::net::Ipv4Addr::from(0x0a60_0000u32 + n as u32 + 1).into(),
+            80,
+        );
+        i.hold(addr, proxy, 0).expect("fill");
+    }
+    let a: SocketAddr = "10.200.0.1:80".parse().expect("addr");
+    let b: SocketAddr = "10.200.0.2:80".parse().expect("addr");
+    assert!(i.hold_all(&[a, b], proxy, 1).is_err(), "the map is full");
+    assert!(
+        !i.held_addrs().contains(&a),
+        "the entry that went in before the failure is taken out again"
+    );
+}
+
+#[test]
+fn a_stalled_agent_empties_its_maps_before_it_reports_unhealthy() {
+    if !root_or_skip("a_stalled_agent_empties_its_maps_before_it_reports_unhealthy") {
+        return;
+    }
+    use elasti_agent::health::{self, Health};
+    use elasti_runtime::admin::Health as _;
+    let bed = TestBed::new("watchdog");
+    let mut i = Interceptor::attach(&bed.cgroup).expect("attach");
+    let held: SocketAddr = CLUSTER_IP.parse().expect("addr");
+    i.hold(held, "169.254.20.11:24000".parse().expect("addr"), 0)
+        .expect("hold");
+    let mut watchdog_maps = i
+        .map_fds()
+        .and_then(Interceptor::from_map_fds)
+        .expect("a second handle on the maps");
+    let h = Health::new();
+    assert_eq!(
+        health::watchdog_tick(&h, &mut watchdog_maps, health::clock_ms()),
+        None,
+        "a loop that just beat is fine"
+    );
+    assert_eq!(i.held_addrs(), vec![held]);
+    let later = health::clock_ms() + health::LOOP_STALL.as_millis() as u64 + 1_000;
+    let why = health::watchdog_tick(&h, &mut watchdog_maps, later).expect("stalled");
+    assert!(why.contains("main loop"), "{why}");
+    assert!(
+        i.held_addrs().is_empty(),
+        "fail-open: nothing is steered any more"
+    );
+    assert!(h.live().is_err(), "and only then unhealthy");
+}

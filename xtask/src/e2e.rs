@@ -10,6 +10,15 @@ pub struct Args {
     /// Skip `setup` (when you know everything is installed).
     #[arg(long, default_value_t = false)]
     pub skip_setup: bool,
+    /// Keep the cluster up afterwards (for a look, or a second run with `--reuse`).
+    #[arg(long, default_value_t = false)]
+    pub keep: bool,
+    /// Run on the cluster that is up (elasti's images are loaded again) instead of a new one.
+    #[arg(long, default_value_t = false)]
+    pub reuse: bool,
+    /// Only the scenarios whose test name contains one of these (e.g. `scenario_26`).
+    #[arg(trailing_var_arg = true)]
+    pub only: Vec<String>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -17,12 +26,18 @@ pub fn run(args: &Args) -> Result<()> {
         setup::run(&setup::Args::default())?;
     }
     ebpf::build()?;
-    images::build()?;
+    let tarballs = images::build()?;
     test::build_suites()?;
-    let cluster = cluster::up(kind::DEFAULT_WORKERS)?;
+    let cluster = match kind::Cluster::discover() {
+        Ok(c) if args.reuse => {
+            c.load_images(&tarballs)?;
+            c
+        }
+        _ => cluster::up(kind::DEFAULT_WORKERS)?,
+    };
     let mut tally = Tally::default();
-    let result = test::scenarios(&cluster, &mut tally);
-    let down = kind::down();
+    let result = test::scenarios(&cluster, &mut tally, &args.only);
+    let down = if args.keep { Ok(()) } else { kind::down() };
     println!("\ne2e: {} passed, {} failed", tally.passed, tally.failed);
     result.and(down)
 }

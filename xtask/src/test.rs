@@ -122,19 +122,25 @@ fn cluster_suites(tally: &mut Tally) -> Result<()> {
         &mut suites(&cluster, &[], &["--skip", SCENARIOS]),
         tally,
     )
-    .and_then(|()| scenarios(&cluster, tally));
+    .and_then(|()| scenarios(&cluster, tally, &[]));
     let down = kind::down();
     result.and(down)
 }
 
-/// Runs the end-to-end scenarios on the cluster that is up, and prints their table.
-pub fn scenarios(cluster: &Cluster, tally: &mut Tally) -> Result<()> {
+/// Runs the end-to-end scenarios (those whose names contain one of `only`, or all) on the
+/// cluster that is up, and prints their table.
+pub fn scenarios(cluster: &Cluster, tally: &mut Tally, only: &[String]) -> Result<()> {
     let table = paths::repo().join("target/e2e/scenarios.tsv");
     let _ = std::fs::remove_file(&table);
+    let mut filter: Vec<&str> = only.iter().map(String::as_str).collect();
+    if filter.is_empty() {
+        filter.push(SCENARIOS);
+    }
+    // Streamed as they run: each scenario says what it waits for and what it measured.
+    filter.push("--nocapture");
     let result = run_tests(
         "end-to-end scenarios",
-        // Streamed as they run: each scenario says what it waits for and what it measured.
-        &mut suites(cluster, &["--test", "e2e"], &[SCENARIOS, "--nocapture"]),
+        &mut suites(cluster, &["--test", "e2e"], &filter),
         tally,
     );
     print_scenarios(&table);

@@ -1,23 +1,30 @@
 //! HTTP through a hold: the client connection is served by hyper (HTTP/1.1 or h2c, chosen
-//! by hyper-util's auto builder), each request waits in the service's queue, then goes to a
-//! pod over a pooled client whose connector picks Ready endpoints with failover.
-//! `Upgrade` requests (websockets) get a connection of their own, spliced after the 101.
+//! by hyper-util's auto builder) once its service is Ready, and each request goes to a pod
+//! over a pooled client whose connector picks Ready endpoints with failover. `Upgrade`
+//! requests (websockets) get a connection of their own, spliced after the 101.
+//!
+//! The agent leaves the path as soon as it can: the first response on a connection that
+//! came through a hold ends it (`Connection: close` on HTTP/1.1, GOAWAY on h2), so the
+//! client's next connection goes straight to the pods.
 use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::{
-    Request, Response, StatusCode, Uri, Version,
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
     body::Incoming,
-    header::{self, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
     service::service_fn,
 };
 use hyper_util::{
@@ -35,8 +42,18 @@ use crate::{
 
 /// A client that has not sent its request headers by then is disconnected (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// An h2 connection with no request by then is closed.
+pub const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `Retry-After` on a 503 for a full queue: about one cold start.
 pub const RETRY_AFTER_SECS: u32 = 5;
+/// The largest request head (line and headers) read, in bytes: 64 KiB, as nginx's
+/// default `large_client_header_buffers` allows 4 × 8 KiB and Envoy 60 KiB.
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Headers one HTTP/1.1 request may carry.
+pub const MAX_HEADERS: usize = 100;
+/// Streams one h2 client may have open on this agent at once (Envoy's and nginx's
+/// defaults are 100 and 128; gRPC clients open few).
+pub const H2_MAX_STREAMS: u32 = 128;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -67,8 +84,8 @@ pub struct HttpForwarder {
     service: Arc<HeldService>,
     metrics: Arc<Metrics>,
     balancer: Arc<Balancer>,
-    http1: Client<EndpointConnector, Incoming>,
-    http2: Client<EndpointConnector, Incoming>,
+    http1: Client<EndpointConnector, Body>,
+    http2: Client<EndpointConnector, Body>,
 }
 
 impl HttpForwarder {
@@ -90,94 +107,212 @@ impl HttpForwarder {
         }
     }
 
-    /// Serves one client connection until it closes.
-    pub async fn serve(self: Arc<Self>, io: TcpStream) -> Result<(), Error> {
-        let this = self.clone();
-        let svc = service_fn(move |req| {
-            let this = this.clone();
-            async move { Ok::<_, Infallible>(this.handle(req).await) }
-        });
+    fn server() -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
-        let served = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .await;
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
+        builder
+    }
+
+    /// Serves one client connection (its service is Ready; it waited `waited`) until its
+    /// first response is sent: then the connection is ended gracefully, so the client
+    /// reconnects straight to the pods.
+    pub async fn serve(
+        self: Arc<Self>,
+        io: TcpStream,
+        peer: SocketAddr,
+        waited: Duration,
+    ) -> Result<(), Error> {
+        if !waited.is_zero() {
+            self.metrics.waited(self.service.id(), waited);
+        }
+        let answered = Arc::new(tokio::sync::Notify::new());
+        let first = Arc::new(AtomicBool::new(!waited.is_zero()));
+        let this = self.clone();
+        let svc = service_fn({
+            let (answered, first) = (answered.clone(), first.clone());
+            move |req| {
+                let (this, answered, first) = (this.clone(), answered.clone(), first.clone());
+                async move {
+                    let held = first.swap(false, Ordering::AcqRel);
+                    let resp = this.handle(req, peer, held).await;
+                    answered.notify_one();
+                    Ok::<_, Infallible>(resp)
+                }
+            }
+        });
+        let builder = Self::server();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let mut ending = false;
+        let idle = tokio::time::sleep(H2_IDLE_TIMEOUT);
+        tokio::pin!(idle);
+        let served = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                () = answered.notified(), if !ending => {
+                    // HTTP/1.1: close after this response; h2: GOAWAY, in-flight streams
+                    // finish.
+                    ending = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = &mut idle, if !ending => {
+                    ending = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
         served.map_err(|e| {
             let outcome = serve_failure(e.as_ref());
             self.metrics
                 .outcome(self.service.id(), Protocol::Http1, outcome);
-            if outcome == Outcome::Malformed {
-                tracing::debug!(service = %self.service.id(), error = %e, "malformed request");
-            }
             Error::Serve(e)
         })
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Answers every request on `io` with what `refused` means (503 with `Retry-After` for
+    /// a full queue, 504 for the deadline, 503 for a missing target), then closes.
+    pub async fn refuse(&self, io: TcpStream, refused: &HoldError) {
+        let (code, body): (StatusCode, &'static str) = match refused {
+            HoldError::QueueFull(_) | HoldError::NodeFull(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "elasti: hold queue full\n")
+            }
+            HoldError::Deadline(..) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "elasti: the service did not become ready in time\n",
+            ),
+            HoldError::TargetNotFound(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "elasti: the service's workload does not exist\n",
+            ),
+        };
+        let retry = matches!(refused, HoldError::QueueFull(_) | HoldError::NodeFull(_));
+        let svc = service_fn(move |_req: Request<Incoming>| async move {
+            let mut r = status(code, body);
+            if retry {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Ok::<_, Infallible>(r)
+        });
+        let server = Self::server();
+        // One answer (it says `Connection: close`), then gone.
+        let conn = server.serve_connection(TokioIo::new(io), svc);
+        let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, held: bool) -> Response<Body> {
         let protocol = if req.version() == Version::HTTP_2 {
             Protocol::Http2
         } else {
             Protocol::Http1
         };
         let id = self.service.id();
-        let ready = match self.service.acquire().await {
+        // Ready already (the connection was held until then); a later request on the same
+        // connection waits again if the service went cold meanwhile.
+        let ready = match self.service.acquire(0).await {
             Ok(ready) => ready,
-            Err(HoldError::QueueFull(_)) => {
-                self.metrics.outcome(id, protocol, Outcome::QueueFull);
-                tracing::warn!(service = %id, "hold queue full; 503");
-                let mut r = status(StatusCode::SERVICE_UNAVAILABLE, "elasti: hold queue full\n");
+            Err(refused) => {
+                let outcome = crate::listen::listener::outcome_of(&refused);
+                self.metrics.outcome(id, protocol, outcome);
+                tracing::warn!(service = %id, error = %refused, "request answered without forwarding");
+                let (code, body) = match refused {
+                    HoldError::Deadline(..) => (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "elasti: the service did not become ready in time\n",
+                    ),
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, "elasti: hold queue full\n"),
+                };
+                let mut r = status(code, body);
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
                 return r;
             }
-            Err(HoldError::Deadline(_, after)) => {
-                self.metrics.outcome(id, protocol, Outcome::Deadline);
-                tracing::warn!(service = %id, ?after, "no Ready endpoint in time; 504");
-                return status(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "elasti: the service did not become ready in time\n",
-                );
-            }
         };
-        let held = !ready.waited.is_zero();
-        if held {
-            self.metrics.waited(id, ready.waited);
-        }
+        let held = held || !ready.waited.is_zero();
         let result = if is_upgrade(&req) {
-            self.upgrade(req, &ready.endpoints).await
+            self.upgrade(forwarded(req, peer), &ready.endpoints).await
         } else {
-            let client = if protocol == Protocol::Http2 {
-                &self.http2
-            } else {
-                &self.http1
-            };
-            client
-                .request(to_upstream(req))
-                .await
-                .map(|r| r.map(BodyExt::boxed))
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            self.send(forwarded(req, peer), protocol, id).await
         };
         match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let outcome = if held {
                     Outcome::ForwardedAfterHold
                 } else {
                     Outcome::Forwarded
                 };
                 self.metrics.outcome(id, protocol, outcome);
+                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(resp.headers_mut(), switching);
+                if protocol == Protocol::Http1 && !switching {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 resp
             }
             Err(e) => {
                 self.metrics.outcome(id, protocol, Outcome::UpstreamFailed);
-                tracing::warn!(service = %id, error = %e, "forwarding failed; 502");
+                tracing::warn!(service = %id, error = %elasti_runtime::DisplayChain(e.as_ref()), "forwarding failed; 502");
                 status(
                     StatusCode::BAD_GATEWAY,
                     "elasti: forwarding to the service failed\n",
                 )
             }
+        }
+    }
+
+    /// Sends `req` to a pod. A request whose upstream closed before the response head is
+    /// sent once more, to another Ready endpoint, when it can safely be: it has no body and
+    /// an idempotent method.
+    async fn send(
+        &self,
+        req: Request<Incoming>,
+        protocol: Protocol,
+        id: &crate::hold::ServiceId,
+    ) -> Result<Response<Body>, Box<dyn std::error::Error + Send + Sync>> {
+        let client = if protocol == Protocol::Http2 {
+            &self.http2
+        } else {
+            &self.http1
+        };
+        let retry = replayable(&req).then(|| {
+            let mut again = Request::new(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            *again.method_mut() = req.method().clone();
+            *again.uri_mut() = req.uri().clone();
+            *again.version_mut() = req.version();
+            *again.headers_mut() = req.headers().clone();
+            again
+        });
+        let first = client.request(to_upstream(req.map(BodyExt::boxed))).await;
+        match (first, retry) {
+            (Ok(resp), _) => Ok(resp.map(BodyExt::boxed)),
+            (Err(e), Some(again)) if closed_before_answer(&e) => {
+                tracing::info!(service = %id, error = %elasti_runtime::DisplayChain(&e), "the pod closed before answering; retrying once on another endpoint");
+                self.metrics.outcome(id, protocol, Outcome::Retried);
+                Ok(client
+                    .request(to_upstream(again))
+                    .await
+                    .map(|r| r.map(BodyExt::boxed))?)
+            }
+            (Err(e), _) => Err(Box::new(e)),
         }
     }
 
@@ -214,14 +349,108 @@ impl HttpForwarder {
     }
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE)
+}
+
+/// Whether a request can be sent again: no body was (or will be) sent, and its method is
+/// idempotent (RFC 9110 §9.2.2).
+fn replayable<B: hyper::body::Body>(req: &Request<B>) -> bool {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent && req.body().is_end_stream() && !is_upgrade(req)
+}
+
+/// Whether the pooled client failed before any response head arrived (the pod closed or
+/// reset the connection, or refused it).
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            return h.is_closed() || h.is_incomplete_message() || h.is_canceled();
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// The headers that describe one connection (RFC 9110 §7.6.1), never forwarded: the fixed
+/// list plus whatever `Connection` names. An upgrade request keeps `Connection` and
+/// `Upgrade`, which are its point.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !upgrade || (*n != header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        headers.remove(n);
+    }
+    // `TE: trailers` is how gRPC says it reads trailers; any other TE is per hop.
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+    if !upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// `req` as the pod receives it: hop-by-hop headers out, and the client's address in
+/// `X-Forwarded-For` and `Forwarded` (appended to what earlier proxies wrote).
+fn forwarded(mut req: Request<Incoming>, peer: SocketAddr) -> Request<Incoming> {
+    let upgrade = is_upgrade(&req);
+    let h = req.headers_mut();
+    strip_hop_by_hop(h, upgrade);
+    let ip = peer.ip().to_canonical();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {ip}"),
+        None => ip.to_string(),
+    };
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, for={node};proto=http"),
+        None => format!("for={node};proto=http"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        h.insert(header::FORWARDED, v);
+    }
+    h.entry("x-forwarded-proto")
+        .or_insert(HeaderValue::from_static("http"));
+    req
 }
 
 /// The request as the pooled client sends it: the connector ignores the URI's authority
 /// (it dials a Ready endpoint), but the pool keys on it, and HTTP/2 sends it as
 /// `:authority`, so it is the client's own Host.
-fn to_upstream(mut req: Request<Incoming>) -> Request<Incoming> {
+fn to_upstream(mut req: Request<Body>) -> Request<Body> {
     let authority = req
         .uri()
         .authority()
@@ -286,5 +515,50 @@ impl tower_service::Service<Uri> for EndpointConnector {
                 .await
                 .map(|(s, _)| TokioIo::new(s))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "gzip"),
+            ("proxy-authorization", "Basic x"),
+            ("x-tenant", "blue"),
+            ("upgrade", "websocket"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let mut plain = h.clone();
+        strip_hop_by_hop(&mut plain, false);
+        let left: Vec<&str> = plain.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-tenant"]);
+        let mut upgrade = h;
+        upgrade.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        strip_hop_by_hop(&mut upgrade, true);
+        assert!(upgrade.contains_key(header::UPGRADE) && upgrade.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn only_bodyless_idempotent_requests_are_replayed() {
+        let get = Request::get("/")
+            .body(Empty::<Bytes>::new())
+            .unwrap_or_default();
+        assert!(replayable(&get));
+        let post = Request::post("/")
+            .body(Empty::<Bytes>::new())
+            .unwrap_or_default();
+        assert!(!replayable(&post), "POST is not idempotent");
+        let put = Request::put("/")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap_or_default();
+        assert!(!replayable(&put), "a body may already be on its way");
     }
 }

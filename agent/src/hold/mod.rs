@@ -1,9 +1,10 @@
 //! Holding: where connections and requests for a Service with no Ready endpoint wait.
 //!
-//! - [`admission`]: the pure queue-bound decision.
+//! - [`admission`]: the pure bound decisions: each service's queue, the node's budget.
 //! - [`service`]: [`HeldService`], one per held (Service, port): its Ready endpoints as a
-//!   `watch` channel, its bounded queue, its deadline, and its wake signal.
+//!   `watch` channel, its bounded queue, its deadline, and the signal that someone waits.
 pub mod admission;
 pub mod service;
 
-pub use service::{Endpoints, HeldService, HoldError, Ready, ServiceId, Wake};
+pub use admission::Budget;
+pub use service::{Endpoints, HeldService, HoldError, OnHeld, Ready, ServiceId};

@@ -1,5 +1,6 @@
-//! [`HeldService`]: one held (Service, port) — its Ready endpoints, bounded queue, deadline
-//! and wake-up signal.
+//! [`HeldService`]: one held (Service, port) — its Ready endpoints, bounded queue, deadline,
+//! and the signal that tells the run loop someone waits (the loop decides the wakes,
+//! `crate::plan::machine`).
 use std::{
     fmt,
     net::SocketAddr,
@@ -11,9 +12,9 @@ use std::{
 };
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
-use super::admission::{self, Limits};
+use super::admission::{self, Budget, BudgetSlot, Limits};
 
 /// The Ready endpoints of one Service port (pod IP : resolved target port).
 pub type Endpoints = Arc<[SocketAddr]>;
@@ -32,21 +33,21 @@ impl fmt::Display for ServiceId {
     }
 }
 
-/// Asks for the service's workload to be scaled up. Called once per cold period per
-/// service on this node (see [`HeldService::acquire`]); implementations retry on their own.
-pub trait Wake: Send + Sync {
-    fn wake(&self, service: &ServiceId);
-}
-
 /// Why a held connection or request was not forwarded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HoldError {
     /// The service's queue was full.
     #[error("hold queue of {0} is full")]
     QueueFull(ServiceId),
+    /// Every service on this node together holds as much as the agent allows.
+    #[error("this node's agent holds its maximum; {0} refused")]
+    NodeFull(ServiceId),
     /// No endpoint became Ready within the deadline.
     #[error("no Ready endpoint for {0} within {1:?}")]
     Deadline(ServiceId, Duration),
+    /// The service's target does not exist: nothing will become Ready.
+    #[error("the target of {0} does not exist")]
+    TargetNotFound(ServiceId),
 }
 
 /// What a caller gets once the service has Ready endpoints.
@@ -57,6 +58,9 @@ pub struct Ready {
     pub waited: Duration,
 }
 
+/// Called when a caller starts waiting (the run loop then decides whether to wake).
+pub type OnHeld = Arc<dyn Fn() + Send + Sync>;
+
 pub struct HeldService {
     id: ServiceId,
     endpoints: watch::Receiver<Endpoints>,
@@ -64,10 +68,10 @@ pub struct HeldService {
     /// Mirrors `held` for /metrics.
     held_gauge: Gauge,
     limits: Limits,
-    wake: Arc<dyn Wake>,
-    /// Set when a wake-up has been asked for in the current cold period; cleared whenever
-    /// a held caller stops waiting (see [`QueueSlot`]), so the next cold period asks again.
-    wake_sent: AtomicBool,
+    budget: Arc<Budget>,
+    on_held: OnHeld,
+    failed: AtomicBool,
+    failed_signal: Notify,
 }
 
 impl HeldService {
@@ -75,7 +79,8 @@ impl HeldService {
         id: ServiceId,
         endpoints: watch::Receiver<Endpoints>,
         limits: Limits,
-        wake: Arc<dyn Wake>,
+        budget: Arc<Budget>,
+        on_held: OnHeld,
         held_gauge: Gauge,
     ) -> Self {
         Self {
@@ -84,8 +89,10 @@ impl HeldService {
             held: AtomicUsize::new(0),
             held_gauge,
             limits,
-            wake,
-            wake_sent: AtomicBool::new(false),
+            budget,
+            on_held,
+            failed: AtomicBool::new(false),
+            failed_signal: Notify::new(),
         }
     }
 
@@ -108,111 +115,126 @@ impl HeldService {
         self.endpoints.clone()
     }
 
+    /// Nothing will become Ready (the target is gone): every waiter, now and later, is
+    /// answered at once.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.failed_signal.notify_waiters();
+    }
+
     /// Returns the Ready endpoints, waiting for them if there are none yet: the caller is
-    /// queued (bounded), the workload is woken (once per cold period), and the caller is
-    /// released the instant the endpoint watch shows a Ready endpoint — no polling.
+    /// queued (bounded per service, and `bytes` against the node's budget), the run loop is
+    /// told someone waits, and the caller is released the instant the endpoint watch shows
+    /// a Ready endpoint — no polling.
     ///
     /// # Errors
-    /// [`HoldError::QueueFull`] when the queue is at its bound, [`HoldError::Deadline`]
-    /// when nothing became Ready in time.
-    pub async fn acquire(&self) -> Result<Ready, HoldError> {
+    /// [`HoldError::QueueFull`] or [`HoldError::NodeFull`] when a bound is reached,
+    /// [`HoldError::Deadline`] when nothing became Ready in time,
+    /// [`HoldError::TargetNotFound`] when the service was failed.
+    pub async fn acquire(&self, bytes: usize) -> Result<Ready, HoldError> {
         let now = self.endpoints();
         if !now.is_empty() {
-            self.wake_sent.store(false, Ordering::Relaxed);
             return Ok(Ready {
                 endpoints: now,
                 waited: Duration::ZERO,
             });
         }
-        let _slot = self.enqueue()?;
-        if !self.wake_sent.swap(true, Ordering::AcqRel) {
-            self.wake.wake(&self.id);
+        if self.failed.load(Ordering::Acquire) {
+            return Err(HoldError::TargetNotFound(self.id.clone()));
         }
+        let _slot = self.enqueue(bytes)?;
+        (self.on_held)();
         let start = Instant::now();
         let mut rx = self.endpoints.clone();
-        match tokio::time::timeout(self.limits.deadline, rx.wait_for(|e| !e.is_empty())).await {
+        let failed = self.failed_signal.notified();
+        tokio::pin!(failed);
+        failed.as_mut().enable();
+        if self.failed.load(Ordering::Acquire) {
+            return Err(HoldError::TargetNotFound(self.id.clone()));
+        }
+        let wait = async {
+            tokio::select! {
+                r = rx.wait_for(|e| !e.is_empty()) => r.map(|e| e.clone()).map_err(|_| ()),
+                () = &mut failed => Err(()),
+            }
+        };
+        match tokio::time::timeout(self.limits.deadline, wait).await {
             Ok(Ok(endpoints)) => Ok(Ready {
-                endpoints: endpoints.clone(),
+                endpoints,
                 waited: start.elapsed(),
             }),
-            // The sender is gone: the service stopped being managed while we waited. Treat
-            // as a deadline; the caller answers 504 rather than hanging.
-            Ok(Err(_)) | Err(_) => Err(HoldError::Deadline(self.id.clone(), self.limits.deadline)),
+            Ok(Err(())) if self.failed.load(Ordering::Acquire) => {
+                Err(HoldError::TargetNotFound(self.id.clone()))
+            }
+            // The sender is gone: the service stopped being managed while we waited and its
+            // leftovers were dropped. Treat as a deadline; the caller answers 504.
+            Ok(Err(())) | Err(_) => Err(HoldError::Deadline(self.id.clone(), self.limits.deadline)),
         }
     }
 
-    fn enqueue(&self) -> Result<QueueSlot<'_>, HoldError> {
+    fn enqueue(&self, bytes: usize) -> Result<QueueSlot<'_>, HoldError> {
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 admission::admit(n, &self.limits)
             })
-            .map(|_| {
-                self.held_gauge.inc();
-                QueueSlot(self)
-            })
-            .map_err(|_| HoldError::QueueFull(self.id.clone()))
+            .map_err(|_| HoldError::QueueFull(self.id.clone()))?;
+        let Some(budget) = self.budget.reserve(bytes) else {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            return Err(HoldError::NodeFull(self.id.clone()));
+        };
+        self.held_gauge.inc();
+        Ok(QueueSlot {
+            service: self,
+            _budget: budget,
+        })
     }
 }
 
-/// One place in a service's queue, given back on drop (forwarded, timed out, or the
-/// client went away).
-struct QueueSlot<'a>(&'a HeldService);
+/// One place in a service's queue (and in the node's budget), given back on drop
+/// (forwarded, timed out, or the client went away).
+struct QueueSlot<'a> {
+    service: &'a HeldService,
+    _budget: BudgetSlot<'a>,
+}
 
 impl Drop for QueueSlot<'_> {
     fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::AcqRel);
-        self.0.held_gauge.dec();
-        // A waiter leaving (released, timed out, or its client gone) ends this cold
-        // period's claim on the wake: the next caller that finds no endpoint wakes again.
-        // Between cold periods the pods serve the ClusterIP without this agent, so no
-        // caller here would ever see the service Ready and clear it. Clearing while other
-        // callers still wait costs at most one more wake; the scale-up is idempotent.
-        self.0.wake_sent.store(false, Ordering::Release);
+        self.service.held.fetch_sub(1, Ordering::AcqRel);
+        self.service.held_gauge.dec();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 
-    #[derive(Default)]
-    struct CountingWake(Mutex<Vec<ServiceId>>);
-
-    impl Wake for CountingWake {
-        fn wake(&self, service: &ServiceId) {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(service.clone());
-        }
-    }
-
     fn service(
         limits: Limits,
-    ) -> (
-        watch::Sender<Endpoints>,
-        Arc<HeldService>,
-        Arc<CountingWake>,
-    ) {
+        budget: Budget,
+    ) -> (watch::Sender<Endpoints>, Arc<HeldService>, Arc<AtomicUsize>) {
         let (tx, rx) = watch::channel(Endpoints::from(Vec::new()));
-        let wake = Arc::new(CountingWake::default());
+        let pokes = Arc::new(AtomicUsize::new(0));
         let id = ServiceId {
             namespace: "ns".into(),
             name: "web".into(),
             port: 80,
         };
+        let p = pokes.clone();
         (
             tx,
             Arc::new(HeldService::new(
                 id,
                 rx,
                 limits,
-                wake.clone(),
+                Arc::new(budget),
+                Arc::new(move || {
+                    p.fetch_add(1, Ordering::Relaxed);
+                }),
                 Gauge::default(),
             )),
-            wake,
+            pokes,
         )
     }
 
@@ -225,19 +247,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiters_are_released_together_when_an_endpoint_becomes_ready_and_wake_is_sent_once() {
-        let (tx, svc, wake) = service(Limits::default());
+    async fn waiters_are_released_together_when_an_endpoint_becomes_ready() {
+        let (tx, svc, pokes) = service(Limits::default(), Budget::default());
         let waiters: Vec<_> = (0..50)
             .map(|_| {
                 tokio::spawn({
                     let svc = svc.clone();
-                    async move { svc.acquire().await }
+                    async move { svc.acquire(100).await }
                 })
             })
             .collect();
         while svc.held() < 50 {
             tokio::task::yield_now().await;
         }
+        assert_eq!(
+            pokes.load(Ordering::Relaxed),
+            50,
+            "the run loop hears of every waiter"
+        );
         tx.send_replace(ready(&["10.244.0.9:8080"]));
         for w in waiters {
             let r = w
@@ -247,107 +274,118 @@ mod tests {
             assert_eq!(&r.endpoints[..], &ready(&["10.244.0.9:8080"])[..]);
         }
         assert_eq!(svc.held(), 0, "every queue slot is given back");
-        assert_eq!(
-            wake.0.lock().map(|w| w.len()).unwrap_or(0),
-            1,
-            "one wake per cold period"
-        );
-    }
-
-    /// Between cold periods the pods serve the ClusterIP directly: no caller of this
-    /// agent ever finds the service Ready. The second cold period must still wake.
-    #[tokio::test]
-    async fn every_cold_period_wakes_even_when_no_caller_saw_the_service_ready() {
-        let (tx, svc, wake) = service(Limits::default());
-        for period in 1..=3 {
-            tx.send_replace(Endpoints::from(Vec::new()));
-            let held = tokio::spawn({
-                let svc = svc.clone();
-                async move { svc.acquire().await }
-            });
-            while svc.held() < 1 {
-                tokio::task::yield_now().await;
-            }
-            assert_eq!(
-                wake.0.lock().map(|w| w.len()).unwrap_or(0),
-                period,
-                "cold period {period} sends its own wake"
-            );
-            tx.send_replace(ready(&["10.244.0.9:8080"]));
-            held.await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-    }
-
-    #[tokio::test]
-    async fn a_cold_period_whose_clients_all_left_wakes_again() {
-        let (_tx, svc, wake) = service(Limits::default());
-        for _ in 0..2 {
-            let held = tokio::spawn({
-                let svc = svc.clone();
-                async move { svc.acquire().await }
-            });
-            while svc.held() < 1 {
-                tokio::task::yield_now().await;
-            }
-            held.abort();
-            let _ = held.await;
-        }
-        assert_eq!(wake.0.lock().map(|w| w.len()).unwrap_or(0), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_cold_period_that_timed_out_wakes_again() {
-        let (_tx, svc, wake) = service(Limits {
-            max_held: 10,
-            deadline: Duration::from_secs(3),
-        });
-        for _ in 0..2 {
-            assert!(matches!(
-                svc.acquire().await,
-                Err(HoldError::Deadline(_, _))
-            ));
-        }
-        assert_eq!(wake.0.lock().map(|w| w.len()).unwrap_or(0), 2);
     }
 
     #[tokio::test]
     async fn a_full_queue_refuses_the_next_caller() {
-        let (_tx, svc, _) = service(Limits {
-            max_held: 1,
-            deadline: Duration::from_secs(5),
-        });
+        let (_tx, svc, _) = service(
+            Limits {
+                max_held: 1,
+                deadline: Duration::from_secs(5),
+            },
+            Budget::default(),
+        );
         let first = tokio::spawn({
             let svc = svc.clone();
-            async move { svc.acquire().await }
+            async move { svc.acquire(0).await }
         });
         while svc.held() < 1 {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(svc.acquire().await, Err(HoldError::QueueFull(_))));
+        assert!(matches!(svc.acquire(0).await, Err(HoldError::QueueFull(_))));
         first.abort();
+    }
+
+    #[tokio::test]
+    async fn the_node_budget_is_shared_and_refuses_past_its_count_or_bytes() {
+        let budget = Arc::new(Budget::new(2, 1000));
+        let (_tx1, rx1) = watch::channel(Endpoints::from(Vec::new()));
+        let (_tx2, rx2) = watch::channel(Endpoints::from(Vec::new()));
+        let mk = |name: &str, rx| {
+            Arc::new(HeldService::new(
+                ServiceId {
+                    namespace: "ns".into(),
+                    name: name.into(),
+                    port: 80,
+                },
+                rx,
+                Limits::default(),
+                budget.clone(),
+                Arc::new(|| {}),
+                Gauge::default(),
+            ))
+        };
+        let (a, b) = (mk("a", rx1), mk("b", rx2));
+        let wa = tokio::spawn({
+            let a = a.clone();
+            async move { a.acquire(600).await }
+        });
+        while a.held() < 1 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            matches!(b.acquire(600).await, Err(HoldError::NodeFull(_))),
+            "bytes: 600 + 600 > 1000"
+        );
+        let wb = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(100).await }
+        });
+        while b.held() < 1 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            matches!(a.acquire(1).await, Err(HoldError::NodeFull(_))),
+            "count: two held node-wide"
+        );
+        assert_eq!(b.held(), 1, "a refused caller does not keep its queue slot");
+        wa.abort();
+        wb.abort();
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_ends_the_wait() {
-        let (_tx, svc, _) = service(Limits {
-            max_held: 10,
-            deadline: Duration::from_secs(3),
-        });
+        let (_tx, svc, _) = service(
+            Limits {
+                max_held: 10,
+                deadline: Duration::from_secs(3),
+            },
+            Budget::default(),
+        );
         assert!(matches!(
-            svc.acquire().await,
+            svc.acquire(0).await,
             Err(HoldError::Deadline(_, _))
         ));
         assert_eq!(svc.held(), 0);
     }
 
     #[tokio::test]
-    async fn a_ready_service_does_not_queue_or_wake() {
-        let (tx, svc, wake) = service(Limits::default());
+    async fn a_failed_service_answers_its_waiters_at_once() {
+        let (_tx, svc, _) = service(Limits::default(), Budget::default());
+        let waiter = tokio::spawn({
+            let svc = svc.clone();
+            async move { svc.acquire(0).await }
+        });
+        while svc.held() < 1 {
+            tokio::task::yield_now().await;
+        }
+        svc.fail();
+        assert!(matches!(
+            waiter.await.unwrap_or_else(|e| panic!("{e}")),
+            Err(HoldError::TargetNotFound(_))
+        ));
+        assert!(matches!(
+            svc.acquire(0).await,
+            Err(HoldError::TargetNotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_ready_service_does_not_queue() {
+        let (tx, svc, pokes) = service(Limits::default(), Budget::default());
         tx.send_replace(ready(&["10.244.0.9:8080"]));
-        let r = svc.acquire().await.unwrap_or_else(|e| panic!("{e}"));
+        let r = svc.acquire(0).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.waited, Duration::ZERO);
-        assert_eq!(wake.0.lock().map(|w| w.len()).unwrap_or(0), 0);
+        assert_eq!(pokes.load(Ordering::Relaxed), 0);
     }
 }

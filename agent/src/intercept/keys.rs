@@ -24,6 +24,13 @@ pub fn proxy_target(proxy: SocketAddr, service_id: u32) -> ProxyTarget {
     }
 }
 
+/// The ClusterIP:port a map key was made from (the inverse of [`service_key`]).
+pub fn service_addr(key: &ServiceKey) -> SocketAddr {
+    let v6 = Ipv6Addr::from(key.addr);
+    let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+    SocketAddr::new(ip, u16::from_be(key.port_be))
+}
+
 fn mapped(ip: IpAddr) -> Ipv6Addr {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
@@ -58,6 +65,14 @@ mod tests {
                 .unwrap_or_default()
         );
         assert_eq!(u16::from_be(key.port_be), 8080);
+    }
+
+    #[test]
+    fn keys_decode_back_to_the_addresses_they_were_made_from() {
+        for a in ["10.96.0.50:80", "[fd00::50]:8080"] {
+            let addr: SocketAddr = a.parse().unwrap_or_else(|_| unreachable!());
+            assert_eq!(service_addr(&service_key(addr)), addr);
+        }
     }
 
     #[test]

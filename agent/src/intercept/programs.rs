@@ -1,9 +1,17 @@
 //! Loading the embedded eBPF object, attaching its programs to a cgroup v2, and the maps.
-use std::{fs::File, net::SocketAddr, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    fs::File,
+    net::SocketAddr,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
+    path::Path,
+};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSockAddr},
 };
 use elasti_common::{CONFIG_INDEX, Config, ProxyTarget, RewriteCounters, ServiceKey};
@@ -64,6 +72,14 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+    /// A map descriptor could not be duplicated or adopted (handed between the supervisor
+    /// and the worker).
+    #[error("handing over map {name} failed")]
+    MapFd {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The eBPF object embedded at build time, if `cargo xtask build-ebpf` ran before the build.
@@ -78,11 +94,15 @@ pub fn embedded_object() -> Option<&'static [u8]> {
     }
 }
 
+/// The names of the maps handed over by descriptor, in [`Interceptor::map_fds`] order.
+pub const MAPS: [&str; 3] = ["SERVICES", "CONFIG", "REWRITES"];
+
 /// The attached programs and their maps. The programs stay attached while this lives;
-/// dropping it detaches them (fail-open: connects then go where they were aimed).
+/// dropping it detaches them (fail-open: connects then go where they were aimed). A worker
+/// whose supervisor owns the programs has the maps only ([`Interceptor::from_map_fds`]).
 pub struct Interceptor {
-    // Keeps the programs and their links alive.
-    _ebpf: Ebpf,
+    // Keeps the programs and their links alive (absent in a supervised worker).
+    _ebpf: Option<Ebpf>,
     /// The programs' aya-log ring buffer, until [`Interceptor::take_logger`] hands it to a
     /// drain task. It must outlive program loading: dropping it closes the map.
     logger: Option<EbpfLogger>,
@@ -126,12 +146,83 @@ impl Interceptor {
         let config = take_map(&mut ebpf, "CONFIG")?;
         let rewrites = take_map(&mut ebpf, "REWRITES")?;
         Ok(Self {
-            _ebpf: ebpf,
+            _ebpf: Some(ebpf),
             logger,
             services,
             config,
             rewrites,
         })
+    }
+
+    /// Duplicates of the maps' descriptors, in [`MAPS`] order, for another process (the
+    /// worker of this supervisor, or a watchdog) to adopt.
+    pub fn map_fds(&self) -> Result<[OwnedFd; 3], Error> {
+        let dup = |name: &'static str, fd: std::os::fd::BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|source| Error::MapFd { name, source })
+        };
+        Ok([
+            dup(MAPS[0], self.services.map().fd().as_fd())?,
+            dup(MAPS[1], self.config.map().fd().as_fd())?,
+            dup(MAPS[2], self.rewrites.map().fd().as_fd())?,
+        ])
+    }
+
+    /// The maps of programs another process keeps attached, from their descriptors in
+    /// [`MAPS`] order.
+    pub fn from_map_fds(fds: [OwnedFd; 3]) -> Result<Self, Error> {
+        let [services, config, rewrites] = fds;
+        fn adopt<T>(name: &'static str, fd: OwnedFd) -> Result<T, Error>
+        where
+            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+        {
+            let data = MapData::from_fd(fd).map_err(|source| Error::MapType { name, source })?;
+            let map = aya::maps::Map::from_map_data(data)
+                .map_err(|source| Error::MapType { name, source })?;
+            T::try_from(map).map_err(|source| Error::MapType { name, source })
+        }
+        Ok(Self {
+            _ebpf: None,
+            logger: None,
+            services: adopt(MAPS[0], services)?,
+            config: adopt(MAPS[1], config)?,
+            rewrites: adopt(MAPS[2], rewrites)?,
+        })
+    }
+
+    /// The ClusterIP:ports connects are steered for now.
+    pub fn held_addrs(&self) -> Vec<SocketAddr> {
+        self.services
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| keys::service_addr(&k))
+            .collect()
+    }
+
+    /// Steers connects to every one of `services` to `proxy`, or to none: an entry that
+    /// went in before a later one failed is taken out again.
+    pub fn hold_all(
+        &mut self,
+        services: &[SocketAddr],
+        proxy: SocketAddr,
+        service_id: u32,
+    ) -> Result<(), Error> {
+        for (i, addr) in services.iter().enumerate() {
+            if let Err(e) = self.hold(*addr, proxy, service_id) {
+                for done in &services[..i] {
+                    let _ = self.release(*done);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every entry out: no connect is steered any more (the watchdog's fail-open).
+    /// Returns how many were removed.
+    pub fn clear(&mut self) -> usize {
+        let held = self.held_addrs();
+        held.iter().filter(|a| self.release(**a).is_ok()).count()
     }
 
     /// The programs' log ring buffer (their `debug!` lines), for a task to drain into

@@ -1,5 +1,12 @@
-//! A proxy port's listener: accept, peek, classify, and hand each connection to the TCP or
-//! HTTP forwarder of its service. The port says which service a connection is for.
+//! A proxy port's listener: accept (with a connection cap, and accept errors retried with
+//! backoff), peek, hold the connection **without reading it** until the service is Ready,
+//! then hand it to the TCP or HTTP forwarder. The port says which service a connection is
+//! for.
+//!
+//! Nothing is read while a connection is held, so its request stays in the socket: the
+//! supervisor keeps a duplicate of the descriptor until the worker starts reading, and a
+//! worker that crashes meanwhile loses nothing (its successor is handed the connection
+//! back, unread).
 use std::{
     net::SocketAddr,
     sync::{
@@ -11,14 +18,20 @@ use std::{
 
 use tokio::{
     net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc},
     task::JoinHandle,
 };
 
-use super::classify::{self, Protocol};
+use super::{
+    classify::{self, Protocol},
+    host::Host,
+    inq,
+};
 use crate::{
     forward::{endpoints::Balancer, http::HttpForwarder, tcp},
     hold::{HeldService, HoldError},
     metrics::{self, Metrics, Outcome},
+    supervisor::client::Kept,
 };
 
 /// How long to wait for a client's first bytes before treating the connection as opaque.
@@ -27,13 +40,40 @@ use crate::{
 pub const CLASSIFY_TIMEOUT: Duration = Duration::from_millis(300);
 /// Room for the longest marker [`classify`] looks for (the 24-byte h2 preface).
 const PEEK_BYTES: usize = 24;
-/// Backlog of each proxy listener; bursts of cold connects queue here before accept.
-const BACKLOG: i32 = 4096;
+/// First pause after a failed accept (`EMFILE`, `ENFILE`, `ENOBUFS`); doubles to
+/// [`ACCEPT_BACKOFF_MAX`] while accepts keep failing, so the loop neither ends nor spins.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Binds `addr` with `SO_REUSEPORT`, so a surge agent of a rolling update listens beside
-/// the old one and no connect is refused while they swap.
+/// Connections open at once, per listener and on the whole node: past either, a new
+/// connection is closed at once (and counted), so one tenant cannot take every descriptor.
+#[derive(Debug)]
+pub struct Caps {
+    pub per_listener: usize,
+    pub node: Arc<Semaphore>,
+}
+
+/// Binds `addr` with `SO_REUSEPORT`, so a surge pod of a rolling update listens beside the
+/// old one and no connect is refused while they swap.
 pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    elasti_runtime::net::bind_reuseport(addr, BACKLOG)
+    elasti_runtime::net::bind_reuseport(addr, super::host::BACKLOG)
+}
+
+/// An accepted connection: from the listener, or handed back by the supervisor.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// The supervisor's hold on it, when it keeps it.
+    pub kept: Option<Kept>,
+}
+
+/// Everything a listener's connections need.
+#[derive(Clone)]
+pub struct Context {
+    pub service: Arc<HeldService>,
+    pub metrics: Arc<Metrics>,
+    pub host: Host,
+    pub proxy_port: u16,
 }
 
 /// A running listener for one held service. Dropping it stops accepting; connections
@@ -43,46 +83,61 @@ pub struct ProxyListener {
     task: JoinHandle<()>,
     /// Accepted connections still being served (held or forwarding).
     active: Arc<AtomicUsize>,
+    inject: mpsc::UnboundedSender<Conn>,
 }
 
 impl ProxyListener {
-    /// Starts accepting on `listener` for `service`.
-    pub fn spawn(
-        listener: TcpListener,
-        service: Arc<HeldService>,
-        metrics: Arc<Metrics>,
-    ) -> std::io::Result<Self> {
+    /// Starts accepting on `listener` for `ctx.service`.
+    pub fn spawn(listener: TcpListener, ctx: Context, caps: &Caps) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let balancer = Arc::new(Balancer::default());
         let http = Arc::new(HttpForwarder::new(
-            service.clone(),
-            metrics.clone(),
+            ctx.service.clone(),
+            ctx.metrics.clone(),
             balancer.clone(),
         ));
         let active = Arc::new(AtomicUsize::new(0));
         let counter = active.clone();
+        let mine = Arc::new(Semaphore::new(caps.per_listener.max(1)));
+        let node = caps.node.clone();
+        let (inject, mut injected) = mpsc::unbounded_channel::<Conn>();
         let task = tokio::spawn(async move {
+            let mut backoff = ACCEPT_BACKOFF;
             loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                let conn = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            backoff = ACCEPT_BACKOFF;
+                            Conn { stream, peer, kept: None }
+                        }
+                        Err(e) => {
+                            tracing::warn!(proxy_port = ctx.proxy_port, error = %e, ?backoff, "accept failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                            continue;
+                        }
+                    },
+                    Some(conn) = injected.recv() => conn,
                 };
-                let _ = stream.set_nodelay(true);
-                let (service, metrics, balancer, http) = (
-                    service.clone(),
-                    metrics.clone(),
-                    balancer.clone(),
-                    http.clone(),
+                let permits = (
+                    mine.clone().try_acquire_owned(),
+                    node.clone().try_acquire_owned(),
                 );
+                let (Ok(p1), Ok(p2)) = permits else {
+                    ctx.metrics.outcome(
+                        ctx.service.id(),
+                        metrics::Protocol::Tcp,
+                        Outcome::Overloaded,
+                    );
+                    tracing::warn!(service = %ctx.service.id(), peer = %conn.peer, "connection cap reached; closed");
+                    continue;
+                };
+                let _ = conn.stream.set_nodelay(true);
+                let (ctx, balancer, http) = (ctx.clone(), balancer.clone(), http.clone());
                 let guard = ActiveGuard::new(counter.clone());
                 tokio::spawn(async move {
-                    handle(stream, peer, service, metrics, balancer, http).await;
-                    drop(guard);
+                    handle(conn, ctx, balancer, http).await;
+                    drop((guard, p1, p2));
                 });
             }
         });
@@ -90,6 +145,7 @@ impl ProxyListener {
             local,
             task,
             active,
+            inject,
         })
     }
 
@@ -101,6 +157,11 @@ impl ProxyListener {
     /// valid after the listener is dropped, for draining.
     pub fn active(&self) -> Arc<AtomicUsize> {
         self.active.clone()
+    }
+
+    /// Serves `conn` (handed back by the supervisor) as if this listener had accepted it.
+    pub fn inject(&self, conn: Conn) {
+        let _ = self.inject.send(conn);
     }
 }
 
@@ -126,44 +187,149 @@ impl Drop for ProxyListener {
     }
 }
 
-async fn handle(
-    stream: TcpStream,
-    peer: SocketAddr,
-    service: Arc<HeldService>,
-    metrics: Arc<Metrics>,
-    balancer: Arc<Balancer>,
-    http: Arc<HttpForwarder>,
-) {
-    match peek_protocol(&stream).await {
-        Protocol::Http => {
-            if let Err(e) = http.serve(stream).await {
-                tracing::debug!(service = %service.id(), %peer, error = %e, "HTTP connection ended with an error");
+/// Serves one connection outside any listener (handed back by the supervisor after its
+/// port's listener closed).
+pub fn serve_one(conn: Conn, ctx: Context) {
+    let balancer = Arc::new(Balancer::default());
+    let http = Arc::new(HttpForwarder::new(
+        ctx.service.clone(),
+        ctx.metrics.clone(),
+        balancer.clone(),
+    ));
+    tokio::spawn(handle(conn, ctx, balancer, http));
+}
+
+async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<HttpForwarder>) {
+    let Conn {
+        stream,
+        peer,
+        mut kept,
+    } = conn;
+    let service = &ctx.service;
+    let cold = service.endpoints().is_empty();
+    if cold && kept.is_none() {
+        kept = ctx.host.keep(ctx.proxy_port, &stream).await;
+    }
+    let protocol = peek_protocol(&stream).await;
+    let bytes = inq::queued_bytes(&stream);
+    let held = if protocol == Protocol::Http && cold && !head_is_valid(&stream).await {
+        // Bad HTTP is answered now (400, by hyper), not held until the pods come.
+        Ok(crate::hold::Ready {
+            endpoints: crate::hold::Endpoints::from(Vec::new()),
+            waited: Duration::ZERO,
+        })
+    } else {
+        tokio::select! {
+            held = service.acquire(bytes) => held,
+            () = client_gone(&stream) => {
+                drop(kept);
+                ctx.metrics.outcome(service.id(), metrics_protocol(protocol), Outcome::ClientGone);
+                tracing::debug!(service = %service.id(), %peer, "the client left while held");
+                return;
             }
         }
-        Protocol::Opaque | Protocol::NeedMore => {
-            let id = service.id().clone();
-            let outcome = match tcp::connect(&service, &balancer).await {
-                Ok((upstream, waited)) => {
-                    let outcome = if waited.is_zero() {
+    };
+    // From here on the connection is read: a crash can no longer hand it back intact.
+    drop(kept);
+    let id = service.id().clone();
+    match (protocol, held) {
+        (Protocol::Http, Ok(ready)) => {
+            if let Err(e) = http.serve(stream, peer, ready.waited).await {
+                tracing::debug!(service = %id, %peer, error = %elasti_runtime::DisplayChain(&e), "HTTP connection ended with an error");
+            }
+        }
+        (Protocol::Http, Err(refused)) => {
+            let outcome = outcome_of(&refused);
+            tracing::warn!(service = %id, %peer, error = %refused, "HTTP connection answered without forwarding");
+            http.refuse(stream, &refused).await;
+            ctx.metrics.outcome(&id, metrics::Protocol::Http1, outcome);
+        }
+        (Protocol::Opaque | Protocol::NeedMore, Ok(ready)) => {
+            let outcome = match balancer.connect(&ready.endpoints).await {
+                Ok((upstream, _)) => {
+                    let outcome = if ready.waited.is_zero() {
                         Outcome::Forwarded
                     } else {
-                        metrics.waited(&id, waited);
+                        ctx.metrics.waited(&id, ready.waited);
                         Outcome::ForwardedAfterHold
                     };
                     // Counted when the splice starts: the outcome of the hold is decided.
-                    metrics.outcome(&id, metrics::Protocol::Tcp, outcome);
+                    ctx.metrics.outcome(&id, metrics::Protocol::Tcp, outcome);
                     if let Err(e) = tcp::copy(stream, upstream).await {
-                        tracing::debug!(service = %id, %peer, error = %e, "spliced connection ended with an error");
+                        tracing::debug!(service = %id, %peer, error = %elasti_runtime::DisplayChain(&e), "spliced connection ended with an error");
                     }
                     return;
                 }
-                Err(tcp::Error::Hold(HoldError::QueueFull(_))) => Outcome::QueueFull,
-                Err(tcp::Error::Hold(HoldError::Deadline(..))) => Outcome::Deadline,
-                Err(tcp::Error::Connect(_) | tcp::Error::Copy(_)) => Outcome::UpstreamFailed,
+                Err(e) => {
+                    tracing::warn!(service = %id, %peer, error = %elasti_runtime::DisplayChain(&e), "no endpoint took the connection; closed");
+                    Outcome::UpstreamFailed
+                }
             };
-            tracing::warn!(service = %id, %peer, ?outcome, "raw TCP connection closed without forwarding");
-            metrics.outcome(&id, metrics::Protocol::Tcp, outcome);
+            ctx.metrics.outcome(&id, metrics::Protocol::Tcp, outcome);
         }
+        (Protocol::Opaque | Protocol::NeedMore, Err(refused)) => {
+            tracing::warn!(service = %id, %peer, error = %refused, "raw TCP connection closed without forwarding");
+            ctx.metrics
+                .outcome(&id, metrics::Protocol::Tcp, outcome_of(&refused));
+        }
+    }
+}
+
+/// How often a held connection is checked for a client that went away (it is not read
+/// while held, so nothing else would notice until the pods are Ready).
+const GONE_CHECK: Duration = Duration::from_secs(1);
+
+/// Resolves once the client has closed or reset the connection (`POLLRDHUP`, which a
+/// request waiting unread in the socket does not mask).
+async fn client_gone(stream: &TcpStream) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        tokio::time::sleep(GONE_CHECK).await;
+        // nix names no POLLRDHUP; the kernel's bit is libc's.
+        let rdhup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP as _);
+        let mut fds = [PollFd::new(
+            stream.as_fd(),
+            rdhup | PollFlags::POLLHUP | PollFlags::POLLERR,
+        )];
+        if poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0) {
+            return;
+        }
+    }
+}
+
+/// The largest request head checked before holding; longer heads are held and left to
+/// hyper's own limits once forwarded.
+const HEAD_CHECK_BYTES: usize = 8 << 10;
+
+/// Whether the request head peeked so far is HTTP/1.x that parses (complete or not yet
+/// complete), or the h2 preface. A head that cannot parse is answered at once.
+async fn head_is_valid(stream: &TcpStream) -> bool {
+    let mut buf = vec![0u8; HEAD_CHECK_BYTES];
+    let Ok(n) = stream.peek(&mut buf).await else {
+        return true;
+    };
+    if buf[..n].starts_with(classify::H2_PREFACE) {
+        return true;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&buf[..n]).is_ok()
+}
+
+fn metrics_protocol(p: Protocol) -> metrics::Protocol {
+    match p {
+        Protocol::Http => metrics::Protocol::Http1,
+        Protocol::Opaque | Protocol::NeedMore => metrics::Protocol::Tcp,
+    }
+}
+
+/// How a refused hold is counted.
+pub fn outcome_of(e: &HoldError) -> Outcome {
+    match e {
+        HoldError::QueueFull(_) | HoldError::NodeFull(_) => Outcome::QueueFull,
+        HoldError::Deadline(..) => Outcome::Deadline,
+        HoldError::TargetNotFound(_) => Outcome::TargetNotFound,
     }
 }
 

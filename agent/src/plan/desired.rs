@@ -1,9 +1,6 @@
-//! What the agent should hold, from the objects it watches. Pure: the run loop feeds it
-//! the reflector stores and applies the difference.
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
-};
+//! The ports to hold, from the objects the agent watches. Pure: the run loop feeds it the
+//! reflector stores.
+use std::net::{IpAddr, SocketAddr};
 
 use elasti_api::ElastiService;
 use k8s_openapi::api::core::v1::Service;
@@ -21,7 +18,13 @@ pub struct HeldPort {
     pub port_name: String,
     /// The agent listener port the operator allocated (`status.proxyPorts`).
     pub proxy_port: u16,
+    /// The operator reports that the ElastiService's target does not exist: nothing will
+    /// ever become Ready, so nothing is held (clients get an answer, not a hang).
+    pub target_missing: bool,
 }
+
+/// The operator's `Ready` condition reason for a target that does not exist.
+const TARGET_NOT_FOUND: &str = "TargetNotFound";
 
 /// The ports to hold: every TCP port of every ElastiService's Service that has a proxy
 /// port allocated. `service` looks a Service up by namespace and name.
@@ -37,6 +40,10 @@ pub fn held_ports<'a>(
         let Some(status) = es.status.as_ref() else {
             continue;
         };
+        let target_missing = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == TARGET_NOT_FOUND);
         let Some(svc) = service(ns, &es.spec.service) else {
             continue;
         };
@@ -76,21 +83,12 @@ pub fn held_ports<'a>(
                 cluster_addrs,
                 port_name: pp.name.clone(),
                 proxy_port,
+                target_missing,
             });
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
-}
-
-/// Whether connects to a held port should be steered to the agent now: while it has no
-/// Ready endpoint, and for `grace` after it got one (so kube-proxy can catch up before
-/// clients take the normal path again).
-pub fn intercept(ready_since: Option<Instant>, now: Instant, grace: Duration) -> bool {
-    match ready_since {
-        None => true,
-        Some(since) => now < since + grace,
-    }
 }
 
 #[cfg(test)]
@@ -179,14 +177,5 @@ mod tests {
             .is_empty(),
             "a stale allocation for a port the Service no longer has"
         );
-    }
-
-    #[test]
-    fn interception_lasts_while_not_ready_and_for_the_grace_after() {
-        let t0 = Instant::now();
-        let grace = Duration::from_secs(2);
-        assert!(intercept(None, t0, grace));
-        assert!(intercept(Some(t0), t0 + Duration::from_secs(1), grace));
-        assert!(!intercept(Some(t0), t0 + Duration::from_secs(2), grace));
     }
 }

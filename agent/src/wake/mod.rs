@@ -2,6 +2,7 @@
 //!
 //! - [`readiness`]: Ready endpoints of a Service port from its EndpointSlices (pure, shared
 //!   with the operator in `elasti_api::endpoints`).
-//! - [`notify`]: the authenticated `POST /v1/wake` to the operator, retried with backoff.
+//! - [`notify`]: the authenticated `POST /v1/wake` to the operator, one at a time per
+//!   service, when the plan says so.
 pub mod notify;
 pub use elasti_api::endpoints as readiness;

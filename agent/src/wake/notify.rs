@@ -1,12 +1,14 @@
-//! `POST /v1/wake` (design §2.5): the first held connection of a cold period asks the
-//! operator to scale the service's target up. The request carries the agent's projected
-//! ServiceAccount token (audience `elasti-operator`), re-read on every attempt because the
-//! kubelet rotates it. It is retried with backoff until the operator accepts it (202) or
-//! the service has a Ready endpoint, and given up after the hold deadline.
+//! `POST /v1/wake` (design §2.5): asks the operator to scale a service's target up. The
+//! request carries the agent's projected ServiceAccount token (audience
+//! `elasti-operator`), re-read on every attempt because the kubelet rotates it. When to ask
+//! is decided by `crate::plan::machine` (at the first waiter of a cold period, then again
+//! every few seconds while something waits and nothing is Ready); this module sends one
+//! request per decision, and never two at once for one service.
 use std::{
+    collections::HashSet,
     path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -17,10 +19,9 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use tokio::sync::mpsc;
 
 use crate::{
-    hold::{ServiceId, Wake},
+    hold::ServiceId,
     metrics::{Metrics, WakeResult},
 };
 
@@ -31,83 +32,56 @@ pub struct Config {
     pub operator_url: String,
     /// The projected ServiceAccount token file.
     pub token_path: PathBuf,
-    /// Stop retrying after this long (the hold deadline: nobody waits longer).
-    pub give_up_after: Duration,
 }
 
-/// First retry after 100 ms, doubling to at most 5 s: fast while the operator restarts,
-/// gentle while it is down.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1u64 << attempt.min(6))).min(Duration::from_secs(5))
-}
+/// How long one wake request may take: the operator answers after the `/scale` patch,
+/// which takes milliseconds; a hung request must not delay the next decision's.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether a service has a Ready endpoint now (then there is nothing left to ask for).
-pub type IsReady = Arc<dyn Fn(&ServiceId) -> bool + Send + Sync>;
-
-/// The [`Wake`] handle given to every held service; the work happens on a task.
+/// Sends wake requests, one per service at a time.
 pub struct Notifier {
-    tx: mpsc::UnboundedSender<ServiceId>,
-}
-
-impl Wake for Notifier {
-    fn wake(&self, service: &ServiceId) {
-        let _ = self.tx.send(service.clone());
-    }
+    config: Config,
+    client: Client<HttpConnector, Full<Bytes>>,
+    metrics: Arc<Metrics>,
+    in_flight: Mutex<HashSet<ServiceId>>,
 }
 
 impl Notifier {
-    /// Starts the notification task.
-    pub fn spawn(config: Config, is_ready: IsReady, metrics: Arc<Metrics>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<ServiceId>();
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            metrics,
+            in_flight: Mutex::default(),
+        })
+    }
+
+    /// Sends one wake for `id`, unless one is already under way.
+    pub fn wake(self: &Arc<Self>, id: ServiceId) {
+        let fresh = self
+            .in_flight
+            .lock()
+            .map(|mut f| f.insert(id.clone()))
+            .unwrap_or(false);
+        if !fresh {
+            return;
+        }
+        let this = self.clone();
         tokio::spawn(async move {
-            while let Some(id) = rx.recv().await {
-                let (config, client, is_ready, metrics) = (
-                    config.clone(),
-                    client.clone(),
-                    is_ready.clone(),
-                    metrics.clone(),
-                );
-                tokio::spawn(async move {
-                    notify_until_done(&config, &client, &is_ready, &metrics, &id).await
-                });
+            let result = post(&this.config, &this.client, &id).await;
+            this.metrics.wake(&id, result);
+            match result {
+                WakeResult::Accepted => {
+                    tracing::info!(service = %id, "wake accepted by the operator")
+                }
+                other => {
+                    tracing::warn!(service = %id, result = ?other, "wake not accepted; the next decision retries")
+                }
+            }
+            if let Ok(mut f) = this.in_flight.lock() {
+                f.remove(&id);
             }
         });
-        Self { tx }
-    }
-}
-
-async fn notify_until_done(
-    config: &Config,
-    client: &Client<HttpConnector, Full<Bytes>>,
-    is_ready: &IsReady,
-    metrics: &Metrics,
-    id: &ServiceId,
-) {
-    let start = Instant::now();
-    let mut attempt = 0;
-    loop {
-        if is_ready(id) {
-            return;
-        }
-        let result = post(config, client, id).await;
-        metrics.wake(id, result);
-        match result {
-            WakeResult::Accepted => {
-                tracing::info!(service = %id, attempt, "wake accepted by the operator");
-                return;
-            }
-            other => {
-                tracing::warn!(service = %id, attempt, result = ?other, "wake not accepted; retrying")
-            }
-        }
-        if start.elapsed() > config.give_up_after {
-            tracing::error!(service = %id, "giving up on waking the service after the hold deadline");
-            return;
-        }
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
     }
 }
 
@@ -138,7 +112,7 @@ async fn post(
     else {
         return WakeResult::Failed;
     };
-    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.request(req)).await {
         Ok(Ok(resp)) => match resp.status() {
             StatusCode::ACCEPTED | StatusCode::OK => WakeResult::Accepted,
             StatusCode::NOT_FOUND => WakeResult::UnknownService,
@@ -146,19 +120,5 @@ async fn post(
             _ => WakeResult::Failed,
         },
         Ok(Err(_)) | Err(_) => WakeResult::Unreachable,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_100ms_and_caps_at_5s() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(5), Duration::from_millis(3200));
-        assert_eq!(backoff(6), Duration::from_secs(5));
-        assert_eq!(backoff(60), Duration::from_secs(5));
     }
 }

@@ -26,6 +26,8 @@ use kube::{
     },
 };
 
+pub use elasti_runtime::DisplayChain;
+
 use crate::{
     metrics::{Metrics, ReconcileResult},
     ports::{PortBook, ServicePort},
@@ -191,21 +193,6 @@ fn error_policy(es: Arc<ElastiService>, error: &Error, _ctx: Arc<Context>) -> Ac
         "reconcile failed; retrying in 5s"
     );
     Action::requeue(Duration::from_secs(5))
-}
-
-/// An error with its sources, `a: b: c`.
-pub struct DisplayChain<'a>(pub &'a dyn std::error::Error);
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
 }
 
 /// The TCP ports of a Service, as proxy-port requests.

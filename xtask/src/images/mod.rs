@@ -28,10 +28,11 @@ pub struct Args {
 const RUST_IMAGES: &[(&str, &[&str], &str)] = &[
     ("elasti-agent", &["elasti-agent"], "0:0"),
     ("elasti-operator", &["elasti-operator"], "65532:65532"),
-    // http-get is the client the suites `kubectl exec` in test pods (no shell or curl here).
+    // http-get (and conn-flood, an abusive client) are what the suites `kubectl exec` in test
+    // pods (no shell or curl here).
     (
         "elasti-http-workload",
-        &["http-workload", "http-get"],
+        &["http-workload", "http-get", "conn-flood"],
         "65532:65532",
     ),
     ("elasti-tcp-echo", &["tcp-echo"], "65532:65532"),
