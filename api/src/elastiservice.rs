@@ -63,6 +63,12 @@ pub struct ElastiServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub probe_response: Vec<ProbeRule>,
+    /// elasti's extension: other ElastiServices in this namespace (by name) woken together
+    /// with this one, such as the backend an API calls. A member is not scaled down while
+    /// a member that wakes it is up. Cycles are allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    pub wake_with: Vec<String>,
 }
 
 fn default_min_target_replicas() -> i32 {
@@ -368,21 +374,41 @@ impl TargetKind {
     }
 }
 
-/// One idleness condition. Only `prometheus` exists, as in KubeElasti.
+/// One idleness condition: `prometheus` (KubeElasti's) or `activity` (elasti's: the agents'
+/// own connection counts, no Prometheus needed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.type != 'prometheus' || has(self.metadata)",
+    "message": "a prometheus trigger needs metadata {serverAddress, query, threshold}"
+}]))]
 pub struct ScaleTrigger {
-    /// The trigger's kind: `prometheus`.
+    /// The trigger's kind: `prometheus`, or `activity`.
     #[serde(rename = "type")]
     pub kind: TriggerType,
-    /// The trigger's settings: the target is idle while `query` is below `threshold`.
-    /// Unknown keys are kept, as KubeElasti's schemaless field keeps them.
-    pub metadata: PrometheusTrigger,
+    /// A `prometheus` trigger's settings: the target is idle while `query` is below
+    /// `threshold`. An `activity` trigger takes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<PrometheusTrigger>,
+}
+
+impl ScaleTrigger {
+    /// The Prometheus settings of a `prometheus` trigger.
+    pub fn prometheus(&self) -> Option<&PrometheusTrigger> {
+        match self.kind {
+            TriggerType::Prometheus => self.metadata.as_ref(),
+            TriggerType::Activity => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TriggerType {
+    /// Idle while a PromQL query is below a threshold (KubeElasti's trigger).
     Prometheus,
+    /// Idle when no connection to the Service was opened, and none was open, for the whole
+    /// `cooldownPeriod`, as counted by the agents' eBPF programs on every node.
+    Activity,
 }
 
 /// `metadata` of a `prometheus` trigger: the service is idle while `query` is below
@@ -512,7 +538,7 @@ spec:
             TargetKind::Deployment
         );
         assert_eq!(es.spec.cooldown_period, 5);
-        assert_eq!(es.spec.triggers[0].metadata.threshold, "0.5");
+        assert_eq!(es.spec.triggers[0].prometheus().unwrap().threshold, "0.5");
     }
 
     #[test]

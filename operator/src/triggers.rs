@@ -58,9 +58,15 @@ impl Prometheus {
     pub async fn idleness(&self, triggers: &[ScaleTrigger]) -> Idleness {
         let mut busy = Vec::new();
         for t in triggers {
-            match self.read(&t.metadata).await {
+            let Some(p) = t.prometheus() else {
+                // TODO(issue 15): the agents' activity reports decide `activity` triggers.
+                return Idleness::Unknown {
+                    detail: "activity triggers are not evaluated yet".into(),
+                };
+            };
+            match self.read(p).await {
                 Ok(Reading { value, threshold }) if value >= threshold => {
-                    busy.push(format!("{} = {value} >= {threshold}", t.metadata.query));
+                    busy.push(format!("{} = {value} >= {threshold}", p.query));
                 }
                 Ok(_) => {}
                 Err(e) => {

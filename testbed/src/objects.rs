@@ -275,6 +275,7 @@ pub fn elastiservice(name: &str, kind: Kind) -> ElastiService {
             autoscaler: None,
             enabled_period: None,
             probe_response: Vec::new(),
+            wake_with: Vec::new(),
         },
         status: None,
     }
@@ -284,13 +285,13 @@ pub fn elastiservice(name: &str, kind: Kind) -> ElastiService {
 pub fn prometheus_trigger(server: &str, query: &str, threshold: &str) -> ScaleTrigger {
     ScaleTrigger {
         kind: TriggerType::Prometheus,
-        metadata: PrometheusTrigger {
+        metadata: Some(PrometheusTrigger {
             server_address: server.into(),
             query: query.into(),
             threshold: threshold.into(),
             uptime_filter: Some("job=\"prometheus\"".into()),
             headers: None,
-        },
+        }),
     }
 }
 

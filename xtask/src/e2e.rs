@@ -16,7 +16,11 @@ pub struct Args {
     /// Run on the cluster that is up (elasti's images are loaded again) instead of a new one.
     #[arg(long, default_value_t = false)]
     pub reuse: bool,
-    /// Only the scenarios whose test name contains one of these (e.g. `scenario_26`).
+    /// Run this test target of `tests/` instead of the scenarios' (`e2e`): `operator`,
+    /// `crd`, `agent_hold`, … (the in-process suites against the cluster's apiserver).
+    #[arg(long, default_value = "e2e")]
+    pub suite: String,
+    /// Only the tests whose name contains one of these (e.g. `scenario_26`).
     #[arg(trailing_var_arg = true)]
     pub only: Vec<String>,
 }
@@ -36,7 +40,7 @@ pub fn run(args: &Args) -> Result<()> {
         _ => cluster::up(kind::DEFAULT_WORKERS)?,
     };
     let mut tally = Tally::default();
-    let result = test::scenarios(&cluster, &mut tally, &args.only);
+    let result = test::scenarios(&cluster, &mut tally, &args.suite, &args.only);
     let down = if args.keep { Ok(()) } else { kind::down() };
     println!("\ne2e: {} passed, {} failed", tally.passed, tally.failed);
     result.and(down)

@@ -122,25 +122,25 @@ fn cluster_suites(tally: &mut Tally) -> Result<()> {
         &mut suites(&cluster, &[], &["--skip", SCENARIOS]),
         tally,
     )
-    .and_then(|()| scenarios(&cluster, tally, &[]));
+    .and_then(|()| scenarios(&cluster, tally, "e2e", &[]));
     let down = kind::down();
     result.and(down)
 }
 
-/// Runs the end-to-end scenarios (those whose names contain one of `only`, or all) on the
-/// cluster that is up, and prints their table.
-pub fn scenarios(cluster: &Cluster, tally: &mut Tally, only: &[String]) -> Result<()> {
+/// Runs the tests of one target of `tests/` (`e2e`: the end-to-end scenarios) whose names
+/// contain one of `only` (or all) on the cluster that is up, and prints the scenarios' table.
+pub fn scenarios(cluster: &Cluster, tally: &mut Tally, suite: &str, only: &[String]) -> Result<()> {
     let table = paths::repo().join("target/e2e/scenarios.tsv");
     let _ = std::fs::remove_file(&table);
     let mut filter: Vec<&str> = only.iter().map(String::as_str).collect();
-    if filter.is_empty() {
+    if filter.is_empty() && suite == "e2e" {
         filter.push(SCENARIOS);
     }
     // Streamed as they run: each scenario says what it waits for and what it measured.
     filter.push("--nocapture");
     let result = run_tests(
         "end-to-end scenarios",
-        &mut suites(cluster, &["--test", "e2e"], &filter),
+        &mut suites(cluster, &["--test", suite], &filter),
         tally,
     );
     print_scenarios(&table);
