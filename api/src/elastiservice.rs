@@ -538,7 +538,12 @@ spec:
             TargetKind::Deployment
         );
         assert_eq!(es.spec.cooldown_period, 5);
-        assert_eq!(es.spec.triggers[0].prometheus().unwrap().threshold, "0.5");
+        assert_eq!(
+            es.spec.triggers[0]
+                .prometheus()
+                .map(|p| p.threshold.as_str()),
+            Some("0.5")
+        );
     }
 
     #[test]
