@@ -7,11 +7,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-/// `True` when the ElastiService is wired up: its Service and target exist and its proxy
-/// ports are allocated.
-pub const READY: &str = "Ready";
-/// `True` while the target is at zero; the reason says why it is or is not.
-pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+pub use elasti_api::conditions::{READY, SCALED_TO_ZERO};
 
 /// A condition as this generation observed it.
 pub fn condition(

@@ -23,8 +23,7 @@ pub struct HeldPort {
     pub target_missing: bool,
 }
 
-/// The operator's `Ready` condition reason for a target that does not exist.
-const TARGET_NOT_FOUND: &str = "TargetNotFound";
+use elasti_api::conditions::{READY, TARGET_NOT_FOUND};
 
 /// The ports to hold: every TCP port of every ElastiService's Service that has a proxy
 /// port allocated. `service` looks a Service up by namespace and name.
@@ -43,7 +42,7 @@ pub fn held_ports<'a>(
         let target_missing = status
             .conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == TARGET_NOT_FOUND);
+            .any(|c| c.type_ == READY && c.status == "False" && c.reason == TARGET_NOT_FOUND);
         let Some(svc) = service(ns, &es.spec.service) else {
             continue;
         };

@@ -273,7 +273,11 @@ async fn apply(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
         Ok(r) => r,
         Err(e @ (target::Error::NotFound { .. } | target::Error::KindNotServed { .. })) => {
             let msg = DisplayChain(&e).to_string();
-            not_ready(&mut seen, "TargetNotFound", msg.clone());
+            not_ready(
+                &mut seen,
+                elasti_api::conditions::TARGET_NOT_FOUND,
+                msg.clone(),
+            );
             ctx.scaler
                 .event(es, EventType::Warning, "TargetNotFound", msg)
                 .await;
