@@ -41,6 +41,16 @@ pub struct Args {
     #[arg(long, env = "ELASTI_REMOVE_INTERFACE_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub remove_interface_on_exit: bool,
 
+    /// This agent's node, in its reports to the operator. Empty: the host name.
+    #[arg(long, env = "ELASTI_NODE_NAME", default_value = "")]
+    pub node_name: String,
+
+    /// This agent's pod UID (the Downward API's `metadata.uid`), so the operator tells a
+    /// restarted agent's counters from a stale one's. Empty: none (the start time still
+    /// tells them apart).
+    #[arg(long, env = "ELASTI_POD_UID", default_value = "")]
+    pub pod_uid: String,
+
     /// Address the proxy listeners bind (one per allocated proxy port).
     #[arg(long, env = "ELASTI_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: IpAddr,

@@ -5,6 +5,8 @@
 //! - [`hold`]: per-service bounded queues that wait for Ready endpoints.
 //! - [`forward`]: from a held connection or request straight to a Ready pod.
 //! - [`wake`]: readiness from EndpointSlices, and the scale-up notification.
+//! - [`report`]: connection counts (`activity` triggers) and interception, to the operator.
+//! - [`operator`]: the authenticated client of the operator's agent API.
 //! - [`plan`]: which (Service, port)s to hold and the state machine that decides what to do
 //!   about them (pure).
 //! - [`run`]: the worker's loop: observe, decide, act; the admin server.
@@ -21,7 +23,9 @@ pub mod hold;
 pub mod intercept;
 pub mod listen;
 pub mod metrics;
+pub mod operator;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod supervisor;
 pub mod wake;

@@ -50,6 +50,9 @@ pub enum Outcome {
     TargetNotFound,
     /// A request the pod closed on before answering, sent again to another endpoint.
     Retried,
+    /// Answered by the agent itself from a `probeResponse` rule while the service is at
+    /// zero (a health check): nothing was held, nothing woken.
+    ProbeAnswered,
 }
 
 /// What became of one `POST /v1/wake`.
@@ -123,6 +126,7 @@ pub struct Metrics {
     outcomes: Family<OutcomeLabels, Counter>,
     held: Family<ServiceLabels, Gauge>,
     hold_seconds: Family<ServiceLabels, Histogram>,
+    cold_start_seconds: Family<ServiceLabels, Histogram>,
     wakes: Family<WakeLabels, Counter>,
     steered: Family<ServiceLabels, Counter>,
     peernames: Family<ServiceLabels, Counter>,
@@ -137,6 +141,7 @@ impl Metrics {
             outcomes: Family::default(),
             held: Family::default(),
             hold_seconds: Family::new_with_constructor(|| Histogram::new(HOLD_BUCKETS)),
+            cold_start_seconds: Family::new_with_constructor(|| Histogram::new(HOLD_BUCKETS)),
             wakes: Family::default(),
             steered: Family::default(),
             peernames: Family::default(),
@@ -162,6 +167,11 @@ impl Metrics {
             "hold_seconds",
             "Time from a connection or request being held to it being forwarded",
             m.hold_seconds.clone(),
+        );
+        r.register(
+            "cold_start_seconds",
+            "Per cold period: from its first held connection or request to the first one released to a Ready pod",
+            m.cold_start_seconds.clone(),
         );
         r.register(
             "wake_requests",
@@ -241,6 +251,13 @@ impl Metrics {
     /// The gauge a [`crate::hold::HeldService`] keeps its queue length in.
     pub fn held_gauge(&self, id: &ServiceId) -> Gauge {
         self.held.get_or_create(&ServiceLabels::from(id)).clone()
+    }
+
+    /// One cold period of `id` ended after `d` (first held → first released).
+    pub fn cold_start(&self, id: &ServiceId, d: Duration) {
+        self.cold_start_seconds
+            .get_or_create(&ServiceLabels::from(id))
+            .observe(d.as_secs_f64());
     }
 
     pub fn waited(&self, id: &ServiceId, waited: Duration) {

@@ -28,12 +28,15 @@ use crate::{
     intercept::{
         Interceptor,
         ids::IdAllocator,
+        keys::Entry,
         programs::{cgroup_id, cgroup2_mount},
         proxy_addr::ProxyInterface,
     },
     listen::{Caps, Conn, Context, Host, ProxyListener},
     metrics::Metrics,
+    operator::{self, OperatorClient},
     plan::{self, Action, HeldPort, Machine, Observed, Settings},
+    report::{self, Reporter},
     supervisor::{
         self,
         client::{Resumed, Supervisor},
@@ -74,6 +77,10 @@ pub enum Error {
 /// 30 s scrape interval, and a map read per held port costs microseconds.
 const REWRITE_EXPORT_PERIOD: Duration = Duration::from_secs(10);
 
+/// How often counts are read for reports: the operator learns of activity within about a
+/// second (`elasti_api::report`).
+const REPORT_PERIOD: Duration = elasti_api::report::REPORT_INTERVAL;
+
 /// A service port the machine knows, with everything that lives as long as it does.
 struct Active {
     service: Arc<HeldService>,
@@ -83,6 +90,8 @@ struct Active {
     counter_id: u32,
     /// The eBPF counters as last exported to /metrics.
     exported: RewriteCounters,
+    /// The `probeResponse` rules `service` answers with, as in the spec.
+    probe_source: Vec<elasti_api::ProbeRule>,
 }
 
 /// Runs the agent until SIGTERM/SIGINT: as the worker of a supervisor when started by one,
@@ -184,6 +193,17 @@ pub async fn run_until(
         });
     }
 
+    let operator_client = OperatorClient::new(operator::Config {
+        operator_url: args.operator_url.clone(),
+        token_path: args.token_path.clone(),
+    });
+    let dropped = interceptor.drop_stale_activity();
+    if dropped > 0 {
+        tracing::info!(
+            entries = dropped,
+            "removed connection counts an earlier agent left"
+        );
+    }
     let mut io = Io {
         held: HashMap::new(),
         listeners: BTreeMap::new(),
@@ -196,13 +216,8 @@ pub async fn run_until(
         },
         args: args.clone(),
         metrics: metrics.clone(),
-        notifier: notify::Notifier::new(
-            notify::Config {
-                operator_url: args.operator_url.clone(),
-                token_path: args.token_path.clone(),
-            },
-            metrics.clone(),
-        ),
+        notifier: notify::Notifier::new(operator_client.clone(), metrics.clone()),
+        reporter: Reporter::new(operator_client, node_name(&args), incarnation(&args)),
         host,
         changed: changed.clone(),
     };
@@ -241,6 +256,7 @@ pub async fn run_until(
         }
         health.set_ready();
         let mut export = tokio::time::interval(REWRITE_EXPORT_PERIOD);
+        let mut report_tick = tokio::time::interval(REPORT_PERIOD);
         loop {
             health.beat();
             let wake_at = next.map(tokio::time::Instant::from_std);
@@ -248,6 +264,10 @@ pub async fn run_until(
                 () = changed.notified() => {}
                 _ = export.tick() => {
                     io.export_rewrites(&interceptor);
+                    continue;
+                }
+                _ = report_tick.tick() => {
+                    io.report(&machine, &interceptor);
                     continue;
                 }
                 Some(r) = async {
@@ -321,6 +341,7 @@ struct Io {
     args: Args,
     metrics: Arc<Metrics>,
     notifier: Arc<notify::Notifier>,
+    reporter: Arc<Reporter>,
     host: Host,
     changed: Arc<Notify>,
 }
@@ -339,6 +360,9 @@ impl Io {
         for action in decision.actions.clone() {
             self.apply(action, machine, interceptor).await;
         }
+        self.sync_probe_rules(machine);
+        // A change of interception is news for a pending scale-down at once.
+        self.report(machine, interceptor);
         decision
     }
 
@@ -403,6 +427,7 @@ impl Io {
                     plan,
                     counter_id,
                     exported: RewriteCounters::default(),
+                    probe_source: Vec::new(),
                 },
             );
         }
@@ -459,6 +484,7 @@ impl Io {
                 service,
                 addrs,
                 proxy_port,
+                count,
             } => {
                 if self
                     .listeners
@@ -472,13 +498,33 @@ impl Io {
                     return;
                 };
                 let proxy = SocketAddr::new(self.args.proxy_address, proxy_port);
-                match interceptor.hold_all(&addrs, proxy, counter_id) {
+                let entry = Entry::Steer { proxy, count };
+                match interceptor.hold_all(&addrs, entry, counter_id) {
                     Ok(()) => {
                         self.metrics.intercepting(&service, true);
-                        tracing::info!(%service, %proxy, "holding: connects to the ClusterIP go to the agent");
+                        tracing::info!(%service, %proxy, counted = count, "holding: connects to the ClusterIP go to the agent");
                     }
                     Err(e) => {
                         tracing::error!(%service, error = %DisplayChain(&e), "map insert failed; nothing of it left in; retrying at the next decision");
+                        machine.map_failed(&service);
+                    }
+                }
+            }
+            Action::Count { service, addrs } => {
+                let plan = machine.plan_of(&service).cloned();
+                let Some(counter_id) = self.active(&service, plan.as_ref()).map(|a| a.counter_id)
+                else {
+                    tracing::error!(%service, "too many ports for the eBPF counter map; not counting");
+                    machine.map_failed(&service);
+                    return;
+                };
+                match interceptor.hold_all(&addrs, Entry::CountOnly, counter_id) {
+                    Ok(()) => {
+                        self.metrics.intercepting(&service, false);
+                        tracing::info!(%service, "out of the path, counted: connects take the normal path");
+                    }
+                    Err(e) => {
+                        tracing::error!(%service, error = %DisplayChain(&e), "count-only map insert failed; retrying at the next decision");
                         machine.map_failed(&service);
                     }
                 }
@@ -585,6 +631,56 @@ impl Io {
         }
     }
 
+    /// Compiles the `probeResponse` rules of every service whose spec changed them. A rule
+    /// that cannot be used never matches (as in KubeElasti); the others still answer.
+    fn sync_probe_rules(&mut self, machine: &Machine) {
+        for (plan, _) in machine.ports() {
+            let Some(a) = self.held.get_mut(&plan.id) else {
+                continue;
+            };
+            if a.probe_source == plan.probe_response {
+                continue;
+            }
+            let (rules, problems) = elasti_api::probe::CompiledRules::lenient(&plan.probe_response);
+            for e in &problems {
+                tracing::warn!(service = %plan.id, error = %DisplayChain(e), "a probeResponse rule never matches");
+            }
+            a.service.set_probe_rules(rules);
+            a.probe_source = plan.probe_response.clone();
+        }
+    }
+
+    /// Offers the reporter what this agent counts and intercepts now.
+    fn report(&self, machine: &Machine, interceptor: &Interceptor) {
+        let mut snapshot = report::Snapshot::new();
+        for (plan, steering) in machine.ports() {
+            if !plan.count && !steering {
+                continue;
+            }
+            let entry = snapshot
+                .entry((plan.id.namespace.clone(), plan.id.name.clone()))
+                .or_insert_with(|| elasti_api::report::ServiceReport {
+                    namespace: plan.id.namespace.clone(),
+                    service: plan.id.name.clone(),
+                    connects: 0,
+                    open: 0,
+                    intercepting: false,
+                });
+            entry.intercepting |= steering;
+            if plan.count {
+                for addr in &plan.cluster_addrs {
+                    if let Some(a) = interceptor.activity(*addr) {
+                        entry.connects = entry.connects.saturating_add(a.connects);
+                        entry.open = entry
+                            .open
+                            .saturating_add(a.tracked.saturating_sub(a.released));
+                    }
+                }
+            }
+        }
+        self.reporter.offer(snapshot, Instant::now());
+    }
+
     /// Adds what each held port's eBPF rewrite counters grew by to /metrics.
     fn export_rewrites(&mut self, interceptor: &Interceptor) {
         for (id, a) in &mut self.held {
@@ -599,6 +695,25 @@ impl Io {
             a.exported = now;
         }
     }
+}
+
+/// This agent's node name, for its reports.
+fn node_name(args: &Args) -> String {
+    if !args.node_name.is_empty() {
+        return args.node_name.clone();
+    }
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// This agent process's identity in its reports: counters restart from zero with it.
+fn incarnation(args: &Args) -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{}/{started}", args.pod_uid)
 }
 
 fn refusal_label(r: &plan::Refusal) -> &'static str {

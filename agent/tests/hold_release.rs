@@ -489,3 +489,46 @@ async fn connections_past_the_listener_cap_are_closed_and_counted() {
         assert_eq!(h.await.expect("task").0, 200, "the held ones are unharmed");
     }
 }
+
+#[tokio::test]
+async fn a_probe_rule_is_answered_at_zero_without_holding_or_waking_and_a_real_request_wakes() {
+    let p = proxy(Limits::default()).await;
+    let rules: Vec<elasti_api::ProbeRule> = serde_yaml::from_str(
+        r#"
+- path: {type: Exact, value: /lb-check}
+  response: {status: 200, body: '{"status":"ok"}'}
+"#,
+    )
+    .expect("rules");
+    p.service
+        .set_probe_rules(elasti_api::probe::CompiledRules::new(&rules).expect("compiled"));
+    let (status, headers, body) = http1_get(p.addr, "/lb-check").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/plain; charset=utf-8"),
+        "as KubeElasti's resolver sends it"
+    );
+    assert_eq!(
+        *p.waiters.0.lock().expect("lock"),
+        0,
+        "a probe is neither held nor woken for"
+    );
+    assert_eq!(
+        p.metrics
+            .count(p.service.id(), Protocol::Http1, Outcome::ProbeAnswered),
+        1
+    );
+    // A request no rule matches is held (and wakes), then answered by the pod.
+    let real = tokio::spawn(http1_get(p.addr, "/api"));
+    wait_held(&p, 1).await;
+    assert_eq!(*p.waiters.0.lock().expect("lock"), 1);
+    let pod = http_pod("pod-a").await;
+    p.endpoints.send_replace(Endpoints::from(vec![pod]));
+    let (status, _, body) = real.await.expect("task");
+    assert_eq!(status, 200);
+    assert!(body.contains("pod-a"), "{body}");
+    // Warm, the probe path goes to the pod like any request.
+    let (_, _, body) = http1_get(p.addr, "/lb-check").await;
+    assert!(body.contains("pod-a"), "{body}");
+}

@@ -5,7 +5,7 @@
 use std::{fs, net::SocketAddr, os::unix::process::CommandExt, path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
-use elasti_agent::intercept::Interceptor;
+use elasti_agent::intercept::{Interceptor, keys::Entry};
 use serde::Serialize;
 
 use elasti_testbed::stats::{Summary, summarize};
@@ -101,12 +101,12 @@ pub fn run(loops: usize, rounds: usize) -> Result<ConnectCost> {
                 1 => {
                     let mut interceptor = Interceptor::attach(&bed.cgroup)?;
                     // A held service other than the one dialled: every lookup misses.
-                    interceptor.hold("10.96.0.99:80".parse()?, closed, 1)?;
+                    interceptor.hold("10.96.0.99:80".parse()?, Entry::steer(closed), 1)?;
                     miss.push(bed.connect_loop(&direct, loops)?);
                 }
                 _ => {
                     let mut interceptor = Interceptor::attach(&bed.cgroup)?;
-                    interceptor.hold(CLUSTER_IP.parse()?, closed, 2)?;
+                    interceptor.hold(CLUSTER_IP.parse()?, Entry::steer(closed), 2)?;
                     hit.push(bed.connect_loop(CLUSTER_IP, loops)?);
                 }
             }

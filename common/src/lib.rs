@@ -13,6 +13,18 @@ pub const MAX_SERVICES: u32 = 16_384;
 /// How many steered sockets getpeername can answer for at once (an LRU map).
 pub const MAX_TRACKED_SOCKETS: u32 = 65_536;
 
+/// How many counted sockets (connects to a Service with an `activity` trigger) one node
+/// tracks as open at once; past it, connects are still counted but not tracked as open
+/// (an undercount, never a count that stays up for ever).
+pub const MAX_OPEN_SOCKETS: u32 = 65_536;
+
+/// [`ProxyTarget::flags`]: count the connect and track the socket as open until it is
+/// released (the Service has an `activity` trigger).
+pub const FLAG_COUNT: u16 = 1;
+/// [`ProxyTarget::flags`]: do not steer; only count (with [`FLAG_COUNT`]). A warm Service
+/// with an `activity` trigger has such entries, so its connects go where they were aimed.
+pub const FLAG_NO_STEER: u16 = 2;
+
 /// Index of [`Config::agent_cgroup_id`] etc. in the single-element config array.
 pub const CONFIG_INDEX: u32 = 0;
 
@@ -29,7 +41,8 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
-/// Where a held Service's connects are steered to: the agent's listener for it.
+/// Where a held Service's connects are steered to: the agent's listener for it (unless
+/// [`FLAG_NO_STEER`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProxyTarget {
@@ -37,7 +50,8 @@ pub struct ProxyTarget {
     pub addr: [u8; 16],
     /// The per-service proxy port, network byte order.
     pub port_be: u16,
-    pub _pad: u16,
+    /// [`FLAG_COUNT`], [`FLAG_NO_STEER`]; 0 steers without counting.
+    pub flags: u16,
     /// Identifies the (Service, port) pair in the per-CPU rewrite counters.
     pub service_id: u32,
 }
@@ -73,6 +87,49 @@ pub struct RewriteCounters {
     pub connects: u64,
     /// getpeername() calls answered with the original ClusterIP.
     pub peernames: u64,
+}
+
+/// The connection counts of one counted ClusterIP:port ([`FLAG_COUNT`]), keyed by its
+/// [`ServiceKey`]: stable across agent worker restarts, unlike service ids. The agent
+/// creates the entry (with a fresh `generation`) and the programs only add to it, with
+/// atomic adds (it is shared by all CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// connect() calls counted, steered or not.
+    pub connects: u64,
+    /// Sockets recorded as open (the first connect of each, while there is room among
+    /// [`MAX_OPEN_SOCKETS`]).
+    pub tracked: u64,
+    /// Recorded sockets of this generation released (closed). `tracked - released` are
+    /// open now.
+    pub released: u64,
+    /// Set by the agent when it creates the entry: a socket recorded under an earlier
+    /// entry for the same key is not counted as released by this one.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// What the programs remember of an open counted socket, keyed by its cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenSocket {
+    /// The ClusterIP:port it connected to (the [`Activity`] entry to credit on release).
+    pub key: ServiceKey,
+    /// That entry's generation at connect time.
+    pub generation: u32,
+}
+
+impl ProxyTarget {
+    /// Whether connects are steered to the agent (not count-only).
+    pub const fn steers(&self) -> bool {
+        self.flags & FLAG_NO_STEER == 0
+    }
+
+    /// Whether connects are counted and their sockets tracked.
+    pub const fn counts(&self) -> bool {
+        self.flags & FLAG_COUNT != 0
+    }
 }
 
 impl ServiceKey {
@@ -126,13 +183,15 @@ impl ProxyTarget {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are `#[repr(C)]`, `Copy`, and made only of integers with explicit
+    // SAFETY: all of them are `#[repr(C)]`, `Copy`, and made only of integers with explicit
     // padding fields, so every bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ProxyTarget {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::OriginalDst {}
     unsafe impl aya::Pod for super::RewriteCounters {}
+    unsafe impl aya::Pod for super::Activity {}
+    unsafe impl aya::Pod for super::OpenSocket {}
 }
 
 #[cfg(test)]
@@ -153,7 +212,7 @@ mod tests {
         let t = ProxyTarget {
             addr: ServiceKey::v4(u32::from_ne_bytes([169, 254, 20, 11]), 0, 0).addr,
             port_be: 24000u16.to_be(),
-            _pad: 0,
+            flags: 0,
             service_id: 7,
         };
         assert!(t.is_v4_mapped());
@@ -171,5 +230,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProxyTarget>(), 24);
         assert_eq!(core::mem::size_of::<Config>(), 8);
         assert_eq!(core::mem::size_of::<RewriteCounters>(), 16);
+        assert_eq!(core::mem::size_of::<Activity>(), 32);
+        assert_eq!(core::mem::size_of::<OpenSocket>(), 24);
     }
 }

@@ -15,7 +15,7 @@ use std::{
     },
 };
 
-use elasti_agent::intercept::Interceptor;
+use elasti_agent::intercept::{Interceptor, keys::Entry};
 
 const CLUSTER_IP: &str = "10.96.0.50:80";
 
@@ -84,11 +84,29 @@ impl TestBed {
     /// Runs the probe against `target` inside the namespace; `in_cgroup` decides whether it
     /// first joins the attached cgroup.
     fn probe(&self, target: &str, in_cgroup: bool) -> String {
+        let out = self
+            .probe_command(target, in_cgroup, None)
+            .output()
+            .expect("run connect-probe");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The probe's command; with `hold`, it keeps its connection open that long after
+    /// the reply.
+    fn probe_command(
+        &self,
+        target: &str,
+        in_cgroup: bool,
+        hold: Option<std::time::Duration>,
+    ) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.name))
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_connect-probe"))
             .arg(target);
+        if let Some(hold) = hold {
+            cmd.arg(hold.as_millis().to_string());
+        }
         if in_cgroup {
             let procs = self.cgroup.join("cgroup.procs");
             // SAFETY: only open/write/close between fork and exec.
@@ -96,8 +114,7 @@ impl TestBed {
                 cmd.pre_exec(move || fs::write(&procs, b"0"));
             }
         }
-        let out = cmd.output().expect("run connect-probe");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        cmd
     }
 
     fn attach(&self) -> Interceptor {
@@ -127,7 +144,11 @@ fn connect4_to_a_held_service_lands_on_the_agent_and_getpeername_shows_the_clust
     let bed = TestBed::new("c4");
     let mut interceptor = bed.attach();
     interceptor
-        .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 7)
+        .hold(
+            CLUSTER_IP.parse().expect("addr"),
+            Entry::steer(bed.listener),
+            7,
+        )
         .expect("hold");
 
     let out = bed.probe(CLUSTER_IP, true);
@@ -153,7 +174,11 @@ fn a_process_outside_the_cgroup_is_not_redirected() {
     let bed = TestBed::new("out");
     let mut interceptor = bed.attach();
     interceptor
-        .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 1)
+        .hold(
+            CLUSTER_IP.parse().expect("addr"),
+            Entry::steer(bed.listener),
+            1,
+        )
         .expect("hold");
 
     let out = bed.probe(CLUSTER_IP, false);
@@ -177,7 +202,11 @@ fn connect6_with_an_ipv4_mapped_address_is_steered() {
     let bed = TestBed::new("c6");
     let mut interceptor = bed.attach();
     interceptor
-        .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 2)
+        .hold(
+            CLUSTER_IP.parse().expect("addr"),
+            Entry::steer(bed.listener),
+            2,
+        )
         .expect("hold");
 
     let out = bed.probe("[::ffff:10.96.0.50]:80", true);
@@ -200,7 +229,11 @@ fn services_that_are_not_held_and_released_services_are_left_alone() {
     let bed = TestBed::new("nh");
     let mut interceptor = bed.attach();
     interceptor
-        .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 3)
+        .hold(
+            CLUSTER_IP.parse().expect("addr"),
+            Entry::steer(bed.listener),
+            3,
+        )
         .expect("hold");
 
     let other_port = bed.probe("10.96.0.50:81", true);
@@ -228,7 +261,11 @@ fn with_the_agent_gone_connects_behave_as_before() {
     {
         let mut interceptor = bed.attach();
         interceptor
-            .hold(CLUSTER_IP.parse().expect("addr"), bed.listener, 4)
+            .hold(
+                CLUSTER_IP.parse().expect("addr"),
+                Entry::steer(bed.listener),
+                4,
+            )
             .expect("hold");
         assert!(
             bed.probe(CLUSTER_IP, true).contains("reply=pong"),
@@ -263,11 +300,14 @@ fn a_map_insert_that_fails_halfway_leaves_nothing_in() {
             std::net::Ipv4Addr::from(0x0a60_0000u32 + n as u32 + 1).into(),
             80,
         );
-        i.hold(addr, proxy, 0).expect("fill");
+        i.hold(addr, Entry::steer(proxy), 0).expect("fill");
     }
     let a: SocketAddr = "10.200.0.1:80".parse().expect("addr");
     let b: SocketAddr = "10.200.0.2:80".parse().expect("addr");
-    assert!(i.hold_all(&[a, b], proxy, 1).is_err(), "the map is full");
+    assert!(
+        i.hold_all(&[a, b], Entry::steer(proxy), 1).is_err(),
+        "the map is full"
+    );
     assert!(
         !i.held_addrs().contains(&a),
         "the entry that went in before the failure is taken out again"
@@ -284,8 +324,12 @@ fn a_stalled_agent_empties_its_maps_before_it_reports_unhealthy() {
     let bed = TestBed::new("watchdog");
     let mut i = Interceptor::attach(&bed.cgroup).expect("attach");
     let held: SocketAddr = CLUSTER_IP.parse().expect("addr");
-    i.hold(held, "169.254.20.11:24000".parse().expect("addr"), 0)
-        .expect("hold");
+    i.hold(
+        held,
+        Entry::steer("169.254.20.11:24000".parse().expect("addr")),
+        0,
+    )
+    .expect("hold");
     let mut watchdog_maps = i
         .map_fds()
         .and_then(Interceptor::from_map_fds)
@@ -305,4 +349,105 @@ fn a_stalled_agent_empties_its_maps_before_it_reports_unhealthy() {
         "fail-open: nothing is steered any more"
     );
     assert!(h.live().is_err(), "and only then unhealthy");
+}
+
+/// Polls `f` for up to 3 s until it returns true.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_count_only_entry_counts_connects_and_open_sockets_without_steering() {
+    if !root_or_skip("a_count_only_entry_counts_connects_and_open_sockets_without_steering") {
+        return;
+    }
+    let bed = TestBed::new("count");
+    let mut i = bed.attach();
+    // The "Service" is the listener itself: a count-only entry must leave the connect
+    // where it was aimed (it answers), and only count it.
+    let service = bed.listener;
+    i.hold(service, Entry::CountOnly, 5)
+        .expect("count-only entry");
+    let open = |i: &Interceptor| {
+        i.activity(service)
+            .map(|a| a.tracked.saturating_sub(a.released))
+            .unwrap_or(99)
+    };
+    assert_eq!(open(&i), 0);
+    let long = bed
+        .probe_command(
+            &service.to_string(),
+            true,
+            Some(std::time::Duration::from_millis(1_500)),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn a probe that stays connected");
+    assert!(
+        eventually(|| open(&i) == 1),
+        "an open connection counts as open: {:?}",
+        i.activity(service)
+    );
+    let connects = i.activity(service).map(|a| a.connects);
+    assert_eq!(connects, Some(1));
+    let out = long.wait_with_output().expect("probe ends");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("peer=127.0.0.1") && out.contains("reply=pong from agent"),
+        "not steered: it reached the address it dialled: {out}"
+    );
+    assert!(
+        eventually(|| open(&i) == 0),
+        "closed: no longer open: {:?}",
+        i.activity(service)
+    );
+    assert_eq!(
+        i.rewrites(5).expect("counters").connects,
+        0,
+        "count-only never rewrites"
+    );
+    // A process outside the cgroup is not counted.
+    let outside = bed.probe(&service.to_string(), false);
+    assert!(outside.contains("reply=pong"), "{outside}");
+    assert_eq!(i.activity(service).map(|a| a.connects), Some(1));
+    // Released, the counts go; counted again, they start from zero in a new generation.
+    i.release(service).expect("release");
+    assert_eq!(i.activity(service), None);
+}
+
+#[test]
+fn a_counted_steered_entry_counts_and_steers() {
+    if !root_or_skip("a_counted_steered_entry_counts_and_steers") {
+        return;
+    }
+    let bed = TestBed::new("countsteer");
+    let mut i = bed.attach();
+    let held: SocketAddr = CLUSTER_IP.parse().expect("addr");
+    i.hold(
+        held,
+        Entry::Steer {
+            proxy: bed.listener,
+            count: true,
+        },
+        6,
+    )
+    .expect("hold");
+    let out = bed.probe(CLUSTER_IP, true);
+    assert!(out.contains("reply=pong from agent"), "{out}");
+    let a = i.activity(held).expect("counted");
+    assert_eq!(a.connects, 1);
+    assert!(
+        eventually(|| i
+            .activity(held)
+            .is_some_and(|a| a.tracked == 1 && a.released == 1)),
+        "the probe's socket was tracked and released: {:?}",
+        i.activity(held)
+    );
+    assert_eq!(i.rewrites(6).expect("counters").connects, 1);
 }

@@ -10,6 +10,8 @@ use std::{
 
 use tokio::{net::TcpStream, sync::Semaphore};
 
+use crate::hold::{Endpoints, HeldService, HoldError};
+
 /// A connect to one endpoint may take this long before the next is tried. Pod IPs are on
 /// the node's network, so a healthy connect takes well under a millisecond.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,6 +36,9 @@ pub enum Error {
         #[source]
         last: std::io::Error,
     },
+    /// Every endpoint refused, and holding again for new ones failed (deadline, queue).
+    #[error("every Ready endpoint refused, and holding for new ones failed")]
+    Rehold(#[source] HoldError),
 }
 
 /// The order in which to try `len` endpoints, starting at the round-robin position `turn`.
@@ -101,11 +106,119 @@ impl Balancer {
             last: last.unwrap_or_else(|| std::io::Error::other("no endpoint tried")),
         })
     }
+
+    /// [`Balancer::connect`] for a connection of `service`: when every endpoint listed
+    /// Ready refuses (pods that exit at once on SIGTERM while their EndpointSlice still
+    /// lists them, in a scale-down), the connection waits for the watch to show another
+    /// set and tries that; if none is left it is held again like any cold connection (the
+    /// queue counts it and the operator is woken). All within the service's hold deadline.
+    ///
+    /// # Errors
+    /// The last connect's error once the deadline has passed, or why holding again failed.
+    pub async fn connect_held(
+        &self,
+        service: &HeldService,
+        mut endpoints: Endpoints,
+    ) -> Result<(TcpStream, SocketAddr), Error> {
+        let deadline = tokio::time::Instant::now() + service.deadline();
+        loop {
+            let failed = match self.connect(&endpoints).await {
+                Ok(done) => return Ok(done),
+                Err(e) => e,
+            };
+            let mut rx = service.watch_endpoints();
+            let changed = tokio::time::timeout_at(deadline, async {
+                // The watch's guard is dropped here, before any other await.
+                rx.wait_for(|now| now[..] != endpoints[..])
+                    .await
+                    .map(|now| now.clone())
+            })
+            .await;
+            endpoints = match changed {
+                Ok(Ok(now)) => now,
+                _ => return Err(failed),
+            };
+            tracing::debug!(service = %service.id(), endpoints = endpoints.len(), error = %elasti_runtime::DisplayChain(&failed), "every endpoint refused; trying the next set");
+            if endpoints.is_empty() {
+                endpoints = service.acquire(0).await.map_err(Error::Rehold)?.endpoints;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held_service(
+        deadline: Duration,
+    ) -> (
+        tokio::sync::watch::Sender<Endpoints>,
+        std::sync::Arc<HeldService>,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(Endpoints::from(Vec::new()));
+        let limits = crate::hold::admission::Limits {
+            deadline,
+            ..crate::hold::admission::Limits::default()
+        };
+        let service = HeldService::new(
+            crate::hold::ServiceId {
+                namespace: "ns".into(),
+                name: "web".into(),
+                port: 80,
+            },
+            rx,
+            limits,
+            std::sync::Arc::new(crate::hold::Budget::new(100, 1 << 20)),
+            std::sync::Arc::new(|| {}),
+            prometheus_client::metrics::gauge::Gauge::default(),
+        );
+        (tx, std::sync::Arc::new(service))
+    }
+
+    fn refused_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_pods_all_refuse_waits_for_the_next_set_then_holds_again() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let live_addr = live.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let dead = Endpoints::from(vec![refused_addr()]);
+        let (tx, service) = held_service(Duration::from_secs(10));
+        tx.send_replace(dead.clone());
+        let b = Balancer::default();
+        let task = {
+            let (service, dead) = (service.clone(), dead.clone());
+            tokio::spawn(async move { Balancer::default().connect_held(&service, dead).await })
+        };
+        // The dying pod leaves the slice: nothing Ready, so the connection is held again
+        // (counted in the queue, which is what wakes the operator).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send_replace(Endpoints::from(Vec::new()));
+        for _ in 0..100 {
+            if service.held() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(service.held(), 1, "held again while nothing is Ready");
+        tx.send_replace(Endpoints::from(vec![live_addr]));
+        let (_, addr) = task
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(addr, live_addr);
+        assert_eq!(service.held(), 0);
+        // With no change before the deadline, the connect error is the answer.
+        let (tx, service) = held_service(Duration::from_millis(100));
+        tx.send_replace(dead.clone());
+        let r = b.connect_held(&service, dead).await;
+        assert!(matches!(r, Err(Error::AllFailed { .. })), "{r:?}");
+    }
 
     #[test]
     fn rotation_visits_every_endpoint_once_starting_at_the_turn() {

@@ -32,7 +32,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpStream, sync::watch};
+use tokio::net::TcpStream;
 
 use super::endpoints::Balancer;
 use crate::{
@@ -91,7 +91,7 @@ pub struct HttpForwarder {
 impl HttpForwarder {
     pub fn new(service: Arc<HeldService>, metrics: Arc<Metrics>, balancer: Arc<Balancer>) -> Self {
         let connector = EndpointConnector {
-            endpoints: service.watch_endpoints(),
+            service: service.clone(),
             balancer: balancer.clone(),
         };
         let http1 = Client::builder(TokioExecutor::new()).build(connector.clone());
@@ -183,6 +183,31 @@ impl HttpForwarder {
 
     /// Answers every request on `io` with what `refused` means (503 with `Retry-After` for
     /// a full queue, 504 for the deadline, 503 for a missing target), then closes.
+    /// Answers a `probeResponse` health check with its rule's reply, then closes.
+    pub async fn answer_probe(&self, io: TcpStream, answer: crate::listen::probe::Answer) {
+        let svc = service_fn(move |_req: Request<Incoming>| {
+            let answer = answer.clone();
+            async move {
+                let mut r = Response::new(
+                    Full::new(answer.body)
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
+                *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+                if let Some(ct) = answer.content_type {
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+                }
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Ok::<_, Infallible>(r)
+            }
+        });
+        let server = Self::server();
+        let conn = server.serve_connection(TokioIo::new(io), svc);
+        let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
+    }
+
     pub async fn refuse(&self, io: TcpStream, refused: &HoldError) {
         let (code, body): (StatusCode, &'static str) = match refused {
             HoldError::QueueFull(_) | HoldError::NodeFull(_) => {
@@ -323,7 +348,10 @@ impl HttpForwarder {
         mut req: Request<Incoming>,
         endpoints: &Endpoints,
     ) -> Result<Response<Body>, Box<dyn std::error::Error + Send + Sync>> {
-        let (stream, _) = self.balancer.connect(endpoints).await?;
+        let (stream, _) = self
+            .balancer
+            .connect_held(&self.service, endpoints.clone())
+            .await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -490,10 +518,11 @@ fn status(code: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-/// Dials a Ready endpoint of the service, with failover; the URI is ignored.
+/// Dials a Ready endpoint of the service, with failover (and holding again when every
+/// endpoint refuses: `Balancer::connect_held`); the URI is ignored.
 #[derive(Clone)]
 pub struct EndpointConnector {
-    endpoints: watch::Receiver<Endpoints>,
+    service: Arc<HeldService>,
     balancer: Arc<Balancer>,
 }
 
@@ -507,11 +536,10 @@ impl tower_service::Service<Uri> for EndpointConnector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let endpoints: Vec<SocketAddr> = self.endpoints.borrow().iter().copied().collect();
-        let balancer = self.balancer.clone();
+        let (service, balancer) = (self.service.clone(), self.balancer.clone());
         Box::pin(async move {
             balancer
-                .connect(&endpoints)
+                .connect_held(&service, service.endpoints())
                 .await
                 .map(|(s, _)| TokioIo::new(s))
         })

@@ -56,6 +56,9 @@ pub struct Ready {
     pub endpoints: Endpoints,
     /// How long this caller waited (zero when the service was already Ready).
     pub waited: Duration,
+    /// For the first caller released after a cold period: how long that period lasted,
+    /// from its first held caller to this release (the service's cold start).
+    pub cold_start: Option<Duration>,
 }
 
 /// Called when a caller starts waiting (the run loop then decides whether to wake).
@@ -72,6 +75,10 @@ pub struct HeldService {
     on_held: OnHeld,
     failed: AtomicBool,
     failed_signal: Notify,
+    /// The ElastiService's `probeResponse` rules, compiled (replaced when the spec changes).
+    probe_rules: std::sync::RwLock<Arc<elasti_api::probe::CompiledRules>>,
+    /// When the current cold period's first caller was held.
+    cold_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl HeldService {
@@ -93,11 +100,33 @@ impl HeldService {
             on_held,
             failed: AtomicBool::new(false),
             failed_signal: Notify::new(),
+            probe_rules: std::sync::RwLock::default(),
+            cold_since: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The `probeResponse` rules answered while the service is at zero.
+    pub fn probe_rules(&self) -> Arc<elasti_api::probe::CompiledRules> {
+        self.probe_rules
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the `probeResponse` rules.
+    pub fn set_probe_rules(&self, rules: elasti_api::probe::CompiledRules) {
+        if let Ok(mut r) = self.probe_rules.write() {
+            *r = Arc::new(rules);
         }
     }
 
     pub fn id(&self) -> &ServiceId {
         &self.id
+    }
+
+    /// How long a caller may wait for a Ready endpoint.
+    pub fn deadline(&self) -> Duration {
+        self.limits.deadline
     }
 
     /// How many connections/requests wait right now.
@@ -137,14 +166,18 @@ impl HeldService {
             return Ok(Ready {
                 endpoints: now,
                 waited: Duration::ZERO,
+                cold_start: None,
             });
         }
         if self.failed.load(Ordering::Acquire) {
             return Err(HoldError::TargetNotFound(self.id.clone()));
         }
         let _slot = self.enqueue(bytes)?;
-        (self.on_held)();
         let start = Instant::now();
+        if let Ok(mut since) = self.cold_since.lock() {
+            since.get_or_insert(start);
+        }
+        (self.on_held)();
         let mut rx = self.endpoints.clone();
         let failed = self.failed_signal.notified();
         tokio::pin!(failed);
@@ -162,6 +195,12 @@ impl HeldService {
             Ok(Ok(endpoints)) => Ok(Ready {
                 endpoints,
                 waited: start.elapsed(),
+                cold_start: self
+                    .cold_since
+                    .lock()
+                    .ok()
+                    .and_then(|mut since| since.take())
+                    .map(|since| since.elapsed()),
             }),
             Ok(Err(())) if self.failed.load(Ordering::Acquire) => {
                 Err(HoldError::TargetNotFound(self.id.clone()))
@@ -274,6 +313,51 @@ mod tests {
             assert_eq!(&r.endpoints[..], &ready(&["10.244.0.9:8080"])[..]);
         }
         assert_eq!(svc.held(), 0, "every queue slot is given back");
+    }
+
+    #[tokio::test]
+    async fn one_cold_start_is_measured_per_cold_period() {
+        let (tx, svc, _) = service(Limits::default(), Budget::default());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                tokio::spawn({
+                    let svc = svc.clone();
+                    async move { svc.acquire(0).await }
+                })
+            })
+            .collect();
+        while svc.held() < 3 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send_replace(ready(&["10.244.0.9:8080"]));
+        let mut cold_starts = Vec::new();
+        for w in waiters {
+            let r = w
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            cold_starts.extend(r.cold_start);
+        }
+        assert_eq!(cold_starts.len(), 1, "one per cold period: {cold_starts:?}");
+        assert!(cold_starts[0] >= Duration::from_millis(20));
+        // Warm: nothing measured; the next cold period measures again.
+        let warm = svc.acquire(0).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(warm.cold_start, None);
+        tx.send_replace(ready(&[]));
+        let next = tokio::spawn({
+            let svc = svc.clone();
+            async move { svc.acquire(0).await }
+        });
+        while svc.held() < 1 {
+            tokio::task::yield_now().await;
+        }
+        tx.send_replace(ready(&["10.244.0.9:8080"]));
+        let r = next
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.cold_start.is_some());
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! the byte-order rules are unit-tested without a kernel.
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use elasti_common::{PROTO_TCP, ProxyTarget, ServiceKey};
+use elasti_common::{FLAG_COUNT, FLAG_NO_STEER, PROTO_TCP, ProxyTarget, ServiceKey};
 
 /// The map key for TCP connects to `service` (a ClusterIP:port). IPv4 is stored
 /// IPv4-mapped, so `connect6` on a v6 socket dialling a v4 ClusterIP finds it too.
@@ -14,13 +14,57 @@ pub fn service_key(service: SocketAddr) -> ServiceKey {
     )
 }
 
-/// The map value steering a held Service to the agent listener at `proxy`.
-pub fn proxy_target(proxy: SocketAddr, service_id: u32) -> ProxyTarget {
-    ProxyTarget {
-        addr: mapped(proxy.ip()).octets(),
-        port_be: proxy.port().to_be(),
-        _pad: 0,
-        service_id,
+/// What a map entry does with the connects it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Steer to the agent's listener at this address; `count` also counts them.
+    Steer { proxy: SocketAddr, count: bool },
+    /// Only count them (a warm Service with an `activity` trigger).
+    CountOnly,
+}
+
+impl Entry {
+    /// Steer to `proxy`, without counting.
+    pub fn steer(proxy: SocketAddr) -> Self {
+        Self::Steer {
+            proxy,
+            count: false,
+        }
+    }
+
+    /// Whether the entry counts connects.
+    pub fn counts(self) -> bool {
+        matches!(self, Self::Steer { count: true, .. } | Self::CountOnly)
+    }
+}
+
+/// A generation for a new counts entry: different from the one before it for the same
+/// key (process id and clock mixed), so a socket of the old entry released later is not
+/// credited to the new one.
+pub fn generation() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ std::process::id().rotate_left(16) ^ NEXT.fetch_add(0x9e37_79b9, Ordering::Relaxed)
+}
+
+/// The map value for `entry`, counted under `service_id`.
+pub fn proxy_target(entry: Entry, service_id: u32) -> ProxyTarget {
+    match entry {
+        Entry::Steer { proxy, count } => ProxyTarget {
+            addr: mapped(proxy.ip()).octets(),
+            port_be: proxy.port().to_be(),
+            flags: if count { FLAG_COUNT } else { 0 },
+            service_id,
+        },
+        Entry::CountOnly => ProxyTarget {
+            addr: [0; 16],
+            port_be: 0,
+            flags: FLAG_COUNT | FLAG_NO_STEER,
+            service_id,
+        },
     }
 }
 
@@ -78,14 +122,29 @@ mod tests {
     #[test]
     fn v4_proxy_target_is_usable_from_connect4() {
         let t = proxy_target(
-            "169.254.20.11:24000"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
+            Entry::Steer {
+                proxy: "169.254.20.11:24000"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
+                count: false,
+            },
             3,
         );
+        assert!(t.steers() && !t.counts());
         assert!(t.is_v4_mapped());
         assert_eq!(t.v4_be().to_ne_bytes(), [169, 254, 20, 11]);
         assert_eq!(u16::from_be(t.port_be), 24000);
         assert_eq!(t.service_id, 3);
+    }
+
+    #[test]
+    fn entries_say_whether_they_steer_and_count() {
+        let proxy: SocketAddr = "169.254.20.11:24000"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let counted = proxy_target(Entry::Steer { proxy, count: true }, 1);
+        assert!(counted.steers() && counted.counts());
+        let count_only = proxy_target(Entry::CountOnly, 1);
+        assert!(!count_only.steers() && count_only.counts());
     }
 }

@@ -12,14 +12,16 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, HashMap, IterableMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
 };
-use elasti_common::{CONFIG_INDEX, Config, ProxyTarget, RewriteCounters, ServiceKey};
+use elasti_common::{Activity, CONFIG_INDEX, Config, ProxyTarget, RewriteCounters, ServiceKey};
 
 use super::keys;
 
-/// The programs in the object, in the order they are attached.
+/// The sock_addr programs in the object, in the order they are attached.
 pub const PROGRAMS: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+/// The sock program that sees counted sockets close, attached after [`PROGRAMS`].
+pub const RELEASE_PROGRAM: &str = "sock_release";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -94,8 +96,13 @@ pub fn embedded_object() -> Option<&'static [u8]> {
     }
 }
 
+/// The kernel's `BPF_NOEXIST` map update flag: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// How many maps are handed over by descriptor.
+pub const MAP_COUNT: usize = 4;
 /// The names of the maps handed over by descriptor, in [`Interceptor::map_fds`] order.
-pub const MAPS: [&str; 3] = ["SERVICES", "CONFIG", "REWRITES"];
+pub const MAPS: [&str; MAP_COUNT] = ["SERVICES", "CONFIG", "REWRITES", "ACTIVITY"];
 
 /// The attached programs and their maps. The programs stay attached while this lives;
 /// dropping it detaches them (fail-open: connects then go where they were aimed). A worker
@@ -109,6 +116,7 @@ pub struct Interceptor {
     services: HashMap<MapData, ServiceKey, ProxyTarget>,
     config: Array<MapData, Config>,
     rewrites: PerCpuArray<MapData, RewriteCounters>,
+    activity: HashMap<MapData, ServiceKey, Activity>,
 }
 
 impl Interceptor {
@@ -142,21 +150,35 @@ impl Interceptor {
             prog.attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| Error::Attach { name, source })?;
         }
+        let name = RELEASE_PROGRAM;
+        let release: &mut CgroupSock = ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::LoadProgram { name, source })?;
+        release
+            .load()
+            .map_err(|source| Error::LoadProgram { name, source })?;
+        release
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(|source| Error::Attach { name, source })?;
         let services = take_map(&mut ebpf, "SERVICES")?;
         let config = take_map(&mut ebpf, "CONFIG")?;
         let rewrites = take_map(&mut ebpf, "REWRITES")?;
+        let activity = take_map(&mut ebpf, "ACTIVITY")?;
         Ok(Self {
             _ebpf: Some(ebpf),
             logger,
             services,
             config,
             rewrites,
+            activity,
         })
     }
 
     /// Duplicates of the maps' descriptors, in [`MAPS`] order, for another process (the
     /// worker of this supervisor, or a watchdog) to adopt.
-    pub fn map_fds(&self) -> Result<[OwnedFd; 3], Error> {
+    pub fn map_fds(&self) -> Result<[OwnedFd; MAP_COUNT], Error> {
         let dup = |name: &'static str, fd: std::os::fd::BorrowedFd<'_>| {
             fd.try_clone_to_owned()
                 .map_err(|source| Error::MapFd { name, source })
@@ -165,13 +187,14 @@ impl Interceptor {
             dup(MAPS[0], self.services.map().fd().as_fd())?,
             dup(MAPS[1], self.config.map().fd().as_fd())?,
             dup(MAPS[2], self.rewrites.map().fd().as_fd())?,
+            dup(MAPS[3], self.activity.map().fd().as_fd())?,
         ])
     }
 
     /// The maps of programs another process keeps attached, from their descriptors in
     /// [`MAPS`] order.
-    pub fn from_map_fds(fds: [OwnedFd; 3]) -> Result<Self, Error> {
-        let [services, config, rewrites] = fds;
+    pub fn from_map_fds(fds: [OwnedFd; MAP_COUNT]) -> Result<Self, Error> {
+        let [services, config, rewrites, activity] = fds;
         fn adopt<T>(name: &'static str, fd: OwnedFd) -> Result<T, Error>
         where
             T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -187,6 +210,7 @@ impl Interceptor {
             services: adopt(MAPS[0], services)?,
             config: adopt(MAPS[1], config)?,
             rewrites: adopt(MAPS[2], rewrites)?,
+            activity: adopt(MAPS[3], activity)?,
         })
     }
 
@@ -199,16 +223,16 @@ impl Interceptor {
             .collect()
     }
 
-    /// Steers connects to every one of `services` to `proxy`, or to none: an entry that
-    /// went in before a later one failed is taken out again.
+    /// Puts `entry` in for every one of `services`, or for none: an entry that went in
+    /// before a later one failed is taken out again.
     pub fn hold_all(
         &mut self,
         services: &[SocketAddr],
-        proxy: SocketAddr,
+        entry: keys::Entry,
         service_id: u32,
     ) -> Result<(), Error> {
         for (i, addr) in services.iter().enumerate() {
-            if let Err(e) = self.hold(*addr, proxy, service_id) {
+            if let Err(e) = self.hold(*addr, entry, service_id) {
                 for done in &services[..i] {
                     let _ = self.release(*done);
                 }
@@ -231,19 +255,24 @@ impl Interceptor {
         self.logger.take()
     }
 
-    /// Steers TCP connects to `service` (a ClusterIP:port) to the agent listener `proxy`.
+    /// Steers (or only counts) TCP connects to `service` (a ClusterIP:port) as `entry`
+    /// says.
     ///
-    /// The listener must already accept: connects are steered the moment this returns.
+    /// A steering entry's listener must already accept: connects are steered the moment
+    /// this returns. A counting entry's counts are in place before it is.
     pub fn hold(
         &mut self,
         service: SocketAddr,
-        proxy: SocketAddr,
+        entry: keys::Entry,
         service_id: u32,
     ) -> Result<(), Error> {
+        if entry.counts() {
+            self.ensure_activity(service)?;
+        }
         self.services
             .insert(
                 keys::service_key(service),
-                keys::proxy_target(proxy, service_id),
+                keys::proxy_target(entry, service_id),
                 0,
             )
             .map_err(|source| Error::MapUpdate {
@@ -252,16 +281,65 @@ impl Interceptor {
             })
     }
 
-    /// Stops steering connects to `service`; new connects take the normal path again.
-    /// Removing an entry that is not there is not an error.
+    /// Stops steering (and counting) connects to `service`; new connects take the normal
+    /// path again. Removing an entry that is not there is not an error.
     pub fn release(&mut self, service: SocketAddr) -> Result<(), Error> {
-        match self.services.remove(&keys::service_key(service)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        let key = keys::service_key(service);
+        absent_is_fine(self.services.remove(&key)).map_err(|source| Error::MapUpdate {
+            name: "SERVICES",
+            source,
+        })?;
+        // Its counts go too: counted again later, it starts a new generation.
+        absent_is_fine(self.activity.remove(&key)).map_err(|source| Error::MapUpdate {
+            name: "ACTIVITY",
+            source,
+        })
+    }
+
+    /// Creates the counts of `service` unless they exist (a restarted worker keeps its
+    /// predecessor's).
+    fn ensure_activity(&mut self, service: SocketAddr) -> Result<(), Error> {
+        let key = keys::service_key(service);
+        if self.activity.get(&key, 0).is_ok() {
+            return Ok(());
+        }
+        let fresh = Activity {
+            generation: keys::generation(),
+            ..Activity::default()
+        };
+        match self.activity.insert(key, fresh, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            // Made meanwhile by someone else: theirs counts.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(nix::libc::EEXIST) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(Error::MapUpdate {
-                name: "SERVICES",
+                name: "ACTIVITY",
                 source,
             }),
         }
+    }
+
+    /// The connection counts of a counted ClusterIP:port, if it is counted.
+    pub fn activity(&self, service: SocketAddr) -> Option<Activity> {
+        self.activity.get(&keys::service_key(service), 0).ok()
+    }
+
+    /// Removes counts no map entry refers to any more (left by a crashed predecessor).
+    /// Returns how many were removed.
+    pub fn drop_stale_activity(&mut self) -> usize {
+        let stale: Vec<ServiceKey> = self
+            .activity
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| self.services.get(k, 0).is_err())
+            .collect();
+        stale
+            .iter()
+            .filter(|k| self.activity.remove(k).is_ok())
+            .count()
     }
 
     /// Never steer connects made from the cgroup v2 with this id (the agent's own), so the
@@ -319,8 +397,8 @@ impl Interceptor {
         Ok(per_cpu
             .iter()
             .fold(RewriteCounters::default(), |acc, c| RewriteCounters {
-                connects: acc.connects + c.connects,
-                peernames: acc.peernames + c.peernames,
+                connects: acc.connects.wrapping_add(c.connects),
+                peernames: acc.peernames.wrapping_add(c.peernames),
             }))
     }
 }
@@ -355,6 +433,20 @@ pub fn cgroup2_mount() -> Option<&'static Path> {
 /// The cgroup v2 id of a cgroup directory: its inode number on the cgroup2 filesystem.
 pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
+}
+
+/// A delete of a key that is not there succeeded as far as the caller is concerned (aya
+/// reports it as `KeyNotFound` or as the syscall's `ENOENT`).
+fn absent_is_fine(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>

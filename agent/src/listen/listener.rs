@@ -25,7 +25,7 @@ use tokio::{
 use super::{
     classify::{self, Protocol},
     host::Host,
-    inq,
+    inq, probe,
 };
 use crate::{
     forward::{endpoints::Balancer, http::HttpForwarder, tcp},
@@ -212,11 +212,30 @@ async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<Htt
     }
     let protocol = peek_protocol(&stream).await;
     let bytes = inq::queued_bytes(&stream);
-    let held = if protocol == Protocol::Http && cold && !head_is_valid(&stream).await {
+    let head = if protocol == Protocol::Http && cold {
+        inspect_head(&stream, &service.probe_rules()).await
+    } else {
+        probe::Head::Hold
+    };
+    if let probe::Head::Probe(answer) = head {
+        // A health check the ElastiService answers itself: nothing held, nothing woken.
+        drop(kept);
+        let status = answer.status;
+        http.answer_probe(stream, answer).await;
+        ctx.metrics.outcome(
+            service.id(),
+            metrics::Protocol::Http1,
+            Outcome::ProbeAnswered,
+        );
+        tracing::debug!(service = %service.id(), %peer, status, "answered a probe at zero");
+        return;
+    }
+    let held = if head == probe::Head::Invalid {
         // Bad HTTP is answered now (400, by hyper), not held until the pods come.
         Ok(crate::hold::Ready {
             endpoints: crate::hold::Endpoints::from(Vec::new()),
             waited: Duration::ZERO,
+            cold_start: None,
         })
     } else {
         tokio::select! {
@@ -232,6 +251,13 @@ async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<Htt
     // From here on the connection is read: a crash can no longer hand it back intact.
     drop(kept);
     let id = service.id().clone();
+    if let Ok(crate::hold::Ready {
+        cold_start: Some(d),
+        ..
+    }) = &held
+    {
+        ctx.metrics.cold_start(&id, *d);
+    }
     match (protocol, held) {
         (Protocol::Http, Ok(ready)) => {
             if let Err(e) = http.serve(stream, peer, ready.waited).await {
@@ -245,7 +271,7 @@ async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<Htt
             ctx.metrics.outcome(&id, metrics::Protocol::Http1, outcome);
         }
         (Protocol::Opaque | Protocol::NeedMore, Ok(ready)) => {
-            let outcome = match balancer.connect(&ready.endpoints).await {
+            let outcome = match balancer.connect_held(&ctx.service, ready.endpoints).await {
                 Ok((upstream, _)) => {
                     let outcome = if ready.waited.is_zero() {
                         Outcome::Forwarded
@@ -302,19 +328,18 @@ async fn client_gone(stream: &TcpStream) {
 /// hyper's own limits once forwarded.
 const HEAD_CHECK_BYTES: usize = 8 << 10;
 
-/// Whether the request head peeked so far is HTTP/1.x that parses (complete or not yet
-/// complete), or the h2 preface. A head that cannot parse is answered at once.
-async fn head_is_valid(stream: &TcpStream) -> bool {
+/// What the request head peeked so far is ([`probe::inspect`]): HTTP/1.x that cannot
+/// parse (answered 400 at once), a probe a rule answers, or anything to hold (the h2
+/// preface included).
+async fn inspect_head(stream: &TcpStream, rules: &elasti_api::probe::CompiledRules) -> probe::Head {
     let mut buf = vec![0u8; HEAD_CHECK_BYTES];
     let Ok(n) = stream.peek(&mut buf).await else {
-        return true;
+        return probe::Head::Hold;
     };
     if buf[..n].starts_with(classify::H2_PREFACE) {
-        return true;
+        return probe::Head::Hold;
     }
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(&buf[..n]).is_ok()
+    probe::inspect(&buf[..n], rules)
 }
 
 fn metrics_protocol(p: Protocol) -> metrics::Protocol {

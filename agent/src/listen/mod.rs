@@ -6,10 +6,12 @@
 //! - [`host`]: where listeners come from (the worker itself, or its supervisor).
 //! - [`listener`]: accepting, peeking, holding unread, handing over to `forward`.
 //! - `inq`: the unread bytes a held connection pins.
+//! - [`probe`]: the `probeResponse` health checks answered at zero without waking (pure).
 pub mod classify;
 pub mod host;
 mod inq;
 pub mod listener;
+pub mod probe;
 
 pub use host::Host;
 pub use listener::{Caps, Conn, Context, ProxyListener, bind_reuseport};

@@ -21,9 +21,21 @@ pub struct HeldPort {
     /// The operator reports that the ElastiService's target does not exist: nothing will
     /// ever become Ready, so nothing is held (clients get an answer, not a hang).
     pub target_missing: bool,
+    /// The ElastiService has an `activity` trigger: connects to the Service are counted
+    /// and its open sockets tracked, warm or cold.
+    pub count: bool,
+    /// The operator is scaling the target to zero
+    /// ([`elasti_api::conditions::SCALE_DOWN_PENDING`] is `True`): intercept now, while
+    /// pods are still Ready.
+    pub scale_down_pending: bool,
+    /// The ElastiService's `probeResponse` rules, answered at zero without waking.
+    pub probe_response: Vec<elasti_api::ProbeRule>,
 }
 
-use elasti_api::conditions::{READY, TARGET_NOT_FOUND};
+use elasti_api::{
+    TriggerType,
+    conditions::{READY, SCALE_DOWN_PENDING, TARGET_NOT_FOUND},
+};
 
 /// The ports to hold: every TCP port of every ElastiService's Service that has a proxy
 /// port allocated. `service` looks a Service up by namespace and name.
@@ -43,6 +55,15 @@ pub fn held_ports<'a>(
             .conditions
             .iter()
             .any(|c| c.type_ == READY && c.status == "False" && c.reason == TARGET_NOT_FOUND);
+        let scale_down_pending = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == SCALE_DOWN_PENDING && c.status == "True");
+        let count = es
+            .spec
+            .triggers
+            .iter()
+            .any(|t| t.kind == TriggerType::Activity);
         let Some(svc) = service(ns, &es.spec.service) else {
             continue;
         };
@@ -83,6 +104,9 @@ pub fn held_ports<'a>(
                 port_name: pp.name.clone(),
                 proxy_port,
                 target_missing,
+                count,
+                scale_down_pending,
+                probe_response: es.spec.probe_response.clone(),
             });
         }
     }

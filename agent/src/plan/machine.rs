@@ -6,15 +6,25 @@
 //! A port's life: `Holding` (listening, connects steered here, waiters queue) → Ready →
 //! `Grace` (still steered, forwarded at once, so kube-proxy can catch up) → `Serving` (map
 //! entries out, listener closed: the agent is out of the path) → back to `Holding` when the
-//! endpoints go. A port no longer managed goes `Leaving`: nothing new reaches it, and what
-//! it still holds stays fed until answered or its deadline passes.
+//! endpoints go. While the operator scales the target down
+//! ([`elasti_api::conditions::SCALE_DOWN_PENDING`]) a Ready port is `Intercepting`: steered
+//! here and forwarded at once to the pods that remain, so nothing reaches a pod that is
+//! going away through kube-proxy; when they are gone it is `Holding`. A port no longer
+//! managed goes `Leaving`: nothing new reaches it, and what it still holds stays fed until
+//! answered or its deadline passes.
+//!
+//! A port whose ElastiService has an `activity` trigger is counted: its entries count
+//! connects and track open sockets while steered, and a `Serving` port keeps count-only
+//! entries (no rewrite), so the agent sees its traffic while it is warm too.
 //!
 //! Invariants, each tested below:
 //! - a listener opens before its map entries go in, and map entries come out before their
 //!   listener closes;
 //! - one proxy port has one owner: a second service naming it is refused, and so is a port
 //!   outside the allocation range;
-//! - a port is listened on only while it is held or in its grace.
+//! - a port is listened on only while it is held, in its grace, or intercepting;
+//! - a counted port is never without entries while managed: count-only entries replace
+//!   steering ones in place (and the other way round), with no gap.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
@@ -56,11 +66,17 @@ pub struct Observed {
 pub enum Action {
     /// Open the listener of `proxy_port` for `service`.
     Listen { service: ServiceId, proxy_port: u16 },
-    /// Steer connects to `addrs` to this agent's `proxy_port`.
+    /// Steer connects to `addrs` to this agent's `proxy_port` (and count them if `count`).
     Map {
         service: ServiceId,
         addrs: Vec<SocketAddr>,
         proxy_port: u16,
+        count: bool,
+    },
+    /// Only count connects to `addrs` (replacing steering entries in place).
+    Count {
+        service: ServiceId,
+        addrs: Vec<SocketAddr>,
     },
     /// Stop steering connects to `addrs`.
     Unmap {
@@ -122,8 +138,16 @@ pub struct Decision {
 enum Phase {
     Holding,
     Grace { until: Instant },
+    Intercepting,
     Serving,
     Leaving { until: Instant },
+}
+
+/// What the entries of `Port::mapped` do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mapped {
+    Steer { count: bool },
+    CountOnly,
 }
 
 #[derive(Clone, Debug)]
@@ -132,8 +156,10 @@ struct Port {
     phase: Phase,
     /// The proxy port listened on, if any.
     listening: Option<u16>,
-    /// The addresses whose map entries point here.
+    /// The addresses whose map entries point here (or count for this port).
     mapped: Vec<SocketAddr>,
+    /// What those entries do.
+    mapped_as: Mapped,
     /// The endpoints last fed.
     fed: Endpoints,
     last_wake: Option<Instant>,
@@ -161,6 +187,15 @@ impl Machine {
             refused: BTreeMap::new(),
             orphans: BTreeSet::new(),
         }
+    }
+
+    /// Every port the machine knows, and whether its entries steer connects here now
+    /// (held, in its grace, or intercepting a scale-down).
+    pub fn ports(&self) -> impl Iterator<Item = (&HeldPort, bool)> {
+        self.ports.values().map(|p| {
+            let steering = !p.mapped.is_empty() && matches!(p.mapped_as, Mapped::Steer { .. });
+            (&p.plan, steering)
+        })
     }
 
     /// The plan of `id`, while the machine knows it.
@@ -289,13 +324,14 @@ impl Machine {
             let port = self.ports.entry(id.clone()).or_insert_with(|| Port {
                 plan: plan.clone(),
                 // Seen Ready first (agent start, a warm service): nothing to hold.
-                phase: if is_ready {
-                    Phase::Serving
-                } else {
-                    Phase::Holding
+                phase: match (is_ready, plan.scale_down_pending) {
+                    (true, true) => Phase::Intercepting,
+                    (true, false) => Phase::Serving,
+                    (false, _) => Phase::Holding,
                 },
                 listening: None,
                 mapped: Vec::new(),
+                mapped_as: Mapped::Steer { count: false },
                 fed: Endpoints::from(Vec::new()),
                 last_wake: None,
             });
@@ -306,20 +342,26 @@ impl Machine {
                 // Managed again while its leftovers drain.
                 port.phase = Phase::Holding;
             }
-            port.phase = match (port.phase, is_ready) {
-                (Phase::Holding, true) => Phase::Grace {
+            let pending = port.plan.scale_down_pending;
+            port.phase = match (port.phase, is_ready, pending) {
+                (Phase::Holding | Phase::Grace { .. } | Phase::Serving, true, true) => {
+                    Phase::Intercepting
+                }
+                (Phase::Holding | Phase::Intercepting, true, false) => Phase::Grace {
                     until: now + self.settings.grace,
                 },
-                (Phase::Grace { until }, true) if now >= until => Phase::Serving,
-                (Phase::Grace { .. } | Phase::Serving, false) => Phase::Holding,
-                (phase, _) => phase,
+                (Phase::Grace { until }, true, false) if now >= until => Phase::Serving,
+                (Phase::Grace { .. } | Phase::Intercepting | Phase::Serving, false, _) => {
+                    Phase::Holding
+                }
+                (phase, _, _) => phase,
             };
             if port.phase == Phase::Holding && before != Phase::Holding {
                 // A new cold period: its first waiter wakes at once.
                 port.last_wake = None;
             }
             match port.phase {
-                Phase::Holding | Phase::Grace { .. } => {
+                Phase::Holding | Phase::Grace { .. } | Phase::Intercepting => {
                     // Listener first (a moved port opens its new one before the old closes),
                     // then the map entries, which re-point at the new port on insert.
                     let old = port.listening.filter(|_| moved);
@@ -343,19 +385,18 @@ impl Machine {
                             addrs: stale,
                         });
                     }
-                    let missing = port.mapped.len() != port.plan.cluster_addrs.len()
-                        || port
-                            .plan
-                            .cluster_addrs
-                            .iter()
-                            .any(|a| !port.mapped.contains(a));
-                    if missing || moved {
+                    let steer = Mapped::Steer {
+                        count: port.plan.count,
+                    };
+                    if missing_entries(port) || moved || port.mapped_as != steer {
                         d.actions.push(Action::Map {
                             service: id.clone(),
                             addrs: port.plan.cluster_addrs.clone(),
                             proxy_port: port.plan.proxy_port,
+                            count: port.plan.count,
                         });
                         port.mapped = port.plan.cluster_addrs.clone();
+                        port.mapped_as = steer;
                         for a in &port.mapped {
                             self.orphans.remove(a);
                         }
@@ -367,6 +408,43 @@ impl Machine {
                         });
                         if self.owners.get(&old) == Some(&id) {
                             self.owners.remove(&old);
+                        }
+                    }
+                }
+                Phase::Serving if port.plan.count => {
+                    // Count-only entries overwrite the steering ones in place, then the
+                    // listener closes: connects are counted throughout, never steered to
+                    // a closed port.
+                    let stale: Vec<SocketAddr> = port
+                        .mapped
+                        .iter()
+                        .filter(|a| !port.plan.cluster_addrs.contains(a))
+                        .copied()
+                        .collect();
+                    if !stale.is_empty() {
+                        d.actions.push(Action::Unmap {
+                            service: id.clone(),
+                            addrs: stale,
+                        });
+                    }
+                    if missing_entries(port) || port.mapped_as != Mapped::CountOnly {
+                        d.actions.push(Action::Count {
+                            service: id.clone(),
+                            addrs: port.plan.cluster_addrs.clone(),
+                        });
+                        port.mapped = port.plan.cluster_addrs.clone();
+                        port.mapped_as = Mapped::CountOnly;
+                        for a in &port.mapped {
+                            self.orphans.remove(a);
+                        }
+                    }
+                    if let Some(p) = port.listening.take() {
+                        d.actions.push(Action::Close {
+                            service: id.clone(),
+                            proxy_port: p,
+                        });
+                        if self.owners.get(&p) == Some(&id) {
+                            self.owners.remove(&p);
                         }
                     }
                 }
@@ -458,6 +536,16 @@ impl Machine {
     }
 }
 
+/// Whether some of the port's addresses have no entry yet.
+fn missing_entries(port: &Port) -> bool {
+    port.mapped.len() != port.plan.cluster_addrs.len()
+        || port
+            .plan
+            .cluster_addrs
+            .iter()
+            .any(|a| !port.mapped.contains(a))
+}
+
 fn feed(port: &mut Port, endpoints: Endpoints, d: &mut Decision) {
     if port.fed[..] != endpoints[..] {
         port.fed = endpoints.clone();
@@ -508,6 +596,9 @@ mod tests {
             port_name: "http".into(),
             proxy_port,
             target_missing: false,
+            count: false,
+            scale_down_pending: false,
+            probe_response: Vec::new(),
         }
     }
 
@@ -551,6 +642,7 @@ mod tests {
             .map(|a| match a {
                 Action::Listen { .. } => "listen",
                 Action::Map { .. } => "map",
+                Action::Count { .. } => "count",
                 Action::Unmap { .. } => "unmap",
                 Action::Clear { .. } => "clear",
                 Action::Close { .. } => "close",
@@ -577,7 +669,8 @@ mod tests {
             Action::Map {
                 service: sid("web"),
                 addrs: vec![addr("10.96.0.1:80")],
-                proxy_port: 24000
+                proxy_port: 24000,
+                count: false,
             }
         );
         // Nothing changes, nothing to do.
@@ -781,7 +874,8 @@ mod tests {
                 Action::Map {
                     service: sid("web"),
                     addrs: vec![addr("10.96.0.9:80")],
-                    proxy_port: 24000
+                    proxy_port: 24000,
+                    count: false,
                 },
             ]
         );
@@ -926,5 +1020,132 @@ mod tests {
                 addrs: vec![addr("10.96.0.7:80")]
             }
         );
+    }
+
+    fn pending(mut p: HeldPort) -> HeldPort {
+        p.scale_down_pending = true;
+        p
+    }
+
+    fn counted(mut p: HeldPort) -> HeldPort {
+        p.count = true;
+        p
+    }
+
+    #[test]
+    fn a_pending_scale_down_intercepts_while_pods_are_ready_and_holds_once_they_are_gone() {
+        let mut m = machine();
+        let t0 = Instant::now();
+        let warm = vec![port("web", "10.96.0.1", 24000)];
+        m.decide(&World::new(warm.clone()).ready("web", 2).observed, t0);
+        // The operator decides to scale down: intercept before any pod goes.
+        let going = vec![pending(port("web", "10.96.0.1", 24000))];
+        let d = m.decide(&World::new(going.clone()).ready("web", 2).observed, t0);
+        assert_eq!(kinds(&d), ["listen", "map"], "steered while pods are Ready");
+        // Intercepting has no end of its own: no grace runs out.
+        let d = m.decide(
+            &World::new(going.clone()).ready("web", 2).observed,
+            t0 + GRACE * 10,
+        );
+        assert!(d.actions.is_empty(), "{d:?}");
+        // One pod goes: the remaining one is fed; still steered.
+        let d = m.decide(&World::new(going.clone()).ready("web", 1).observed, t0);
+        assert_eq!(kinds(&d), ["feed"]);
+        // All gone: holding as usual, and a waiter wakes the operator (which abandons the
+        // scale-down).
+        let d = m.decide(&World::new(going.clone()).held("web", 1).observed, t0);
+        assert_eq!(kinds(&d), ["feed", "wake"]);
+    }
+
+    #[test]
+    fn an_abandoned_scale_down_hands_back_after_the_grace() {
+        let mut m = machine();
+        let t0 = Instant::now();
+        let going = vec![pending(port("web", "10.96.0.1", 24000))];
+        let d = m.decide(&World::new(going).ready("web", 1).observed, t0);
+        assert_eq!(kinds(&d), ["listen", "map", "feed"], "first seen pending");
+        let warm = vec![port("web", "10.96.0.1", 24000)];
+        let d = m.decide(&World::new(warm.clone()).ready("web", 1).observed, t0);
+        assert!(d.actions.is_empty(), "still steered in the grace");
+        assert_eq!(d.next, Some(t0 + GRACE));
+        let d = m.decide(&World::new(warm).ready("web", 1).observed, t0 + GRACE);
+        assert_eq!(kinds(&d), ["unmap", "close"]);
+    }
+
+    #[test]
+    fn a_counted_warm_port_gets_count_only_entries_and_no_listener() {
+        let mut m = machine();
+        let p = vec![counted(port("web", "10.96.0.1", 24000))];
+        let d = m.decide(
+            &World::new(p.clone()).ready("web", 1).observed,
+            Instant::now(),
+        );
+        assert_eq!(kinds(&d), ["count", "feed"]);
+        assert_eq!(
+            d.actions[0],
+            Action::Count {
+                service: sid("web"),
+                addrs: vec![addr("10.96.0.1:80")]
+            }
+        );
+        assert!(
+            m.decide(&World::new(p).ready("web", 1).observed, Instant::now())
+                .actions
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_counted_port_switches_between_steering_and_counting_in_place() {
+        let mut m = machine();
+        let t0 = Instant::now();
+        let p = vec![counted(port("web", "10.96.0.1", 24000))];
+        let d = m.decide(&World::new(p.clone()).ready("web", 1).observed, t0);
+        assert_eq!(kinds(&d), ["count", "feed"]);
+        // Cold: the count-only entries are overwritten by counted steering ones (no unmap
+        // in between: no connect goes uncounted).
+        let d = m.decide(&World::new(p.clone()).observed, t0);
+        assert_eq!(kinds(&d), ["listen", "map", "feed"]);
+        assert_eq!(
+            d.actions[1],
+            Action::Map {
+                service: sid("web"),
+                addrs: vec![addr("10.96.0.1:80")],
+                proxy_port: 24000,
+                count: true,
+            }
+        );
+        m.decide(&World::new(p.clone()).ready("web", 1).observed, t0);
+        // Warm again after the grace: count-only in place, then the listener closes.
+        let d = m.decide(&World::new(p).ready("web", 1).observed, t0 + GRACE);
+        assert_eq!(kinds(&d), ["count", "close"]);
+    }
+
+    #[test]
+    fn a_port_that_stops_being_counted_loses_its_count_only_entries() {
+        let mut m = machine();
+        let t0 = Instant::now();
+        m.decide(
+            &World::new(vec![counted(port("web", "10.96.0.1", 24000))])
+                .ready("web", 1)
+                .observed,
+            t0,
+        );
+        let d = m.decide(
+            &World::new(vec![port("web", "10.96.0.1", 24000)])
+                .ready("web", 1)
+                .observed,
+            t0,
+        );
+        assert_eq!(kinds(&d), ["unmap"]);
+        // And a deleted counted port is taken out of the map too.
+        m.decide(
+            &World::new(vec![counted(port("web", "10.96.0.1", 24000))])
+                .ready("web", 1)
+                .observed,
+            t0,
+        );
+        let d = m.decide(&World::new(vec![]).observed, t0);
+        assert_eq!(kinds(&d), ["unmap", "forget"]);
     }
 }

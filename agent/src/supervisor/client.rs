@@ -51,7 +51,14 @@ impl Supervisor {
     /// connections it hands back later arrive on the returned channel.
     pub async fn connect(
         fd: OwnedFd,
-    ) -> Result<(Self, [OwnedFd; 3], mpsc::UnboundedReceiver<Resumed>), Error> {
+    ) -> Result<
+        (
+            Self,
+            [OwnedFd; crate::intercept::programs::MAP_COUNT],
+            mpsc::UnboundedReceiver<Resumed>,
+        ),
+        Error,
+    > {
         set_nonblocking(&fd).map_err(Error::Socket)?;
         let sock = Arc::new(super::fds::async_fd(fd).map_err(Error::Socket)?);
         send(&sock, &FromWorker::Hello, &[]).await?;
@@ -59,7 +66,7 @@ impl Supervisor {
         let ToWorker::Maps { first_id } = msg else {
             return Err(Error::Unexpected(format!("{msg:?}")));
         };
-        let maps: [OwnedFd; 3] = fds
+        let maps: [OwnedFd; crate::intercept::programs::MAP_COUNT] = fds
             .try_into()
             .map_err(|f: Vec<OwnedFd>| Error::Unexpected(format!("{} map descriptors", f.len())))?;
         let pending: Pending = Arc::default();

@@ -34,7 +34,7 @@ pub enum FromWorker {
 /// From the supervisor to the worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// The three maps of the attached programs (attached, in `intercept::programs::MAPS`
+    /// The maps of the attached programs (attached, in `intercept::programs::MAPS`
     /// order), and the first connection id this worker may use (ids its predecessors kept
     /// stay theirs).
     Maps { first_id: u64 },

@@ -6,33 +6,18 @@
 //! request per decision, and never two at once for one service.
 use std::{
     collections::HashSet,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bytes::Bytes;
 use elasti_api::wake::{PATH, WakeRequest};
-use http_body_util::Full;
-use hyper::{Request, StatusCode, header};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper::StatusCode;
 
 use crate::{
     hold::ServiceId,
     metrics::{Metrics, WakeResult},
+    operator::{self, OperatorClient},
 };
-
-/// Where and how to reach the operator.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Base URL of the operator's wake API, e.g. `http://elasti-operator.elasti-system:8080`.
-    pub operator_url: String,
-    /// The projected ServiceAccount token file.
-    pub token_path: PathBuf,
-}
 
 /// How long one wake request may take: the operator answers after the `/scale` patch,
 /// which takes milliseconds; a hung request must not delay the next decision's.
@@ -40,17 +25,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends wake requests, one per service at a time.
 pub struct Notifier {
-    config: Config,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: OperatorClient,
     metrics: Arc<Metrics>,
     in_flight: Mutex<HashSet<ServiceId>>,
 }
 
 impl Notifier {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(client: OperatorClient, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            config,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client,
             metrics,
             in_flight: Mutex::default(),
         })
@@ -68,57 +51,37 @@ impl Notifier {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let result = post(&this.config, &this.client, &id).await;
+            let body = WakeRequest {
+                namespace: id.namespace.clone(),
+                service: id.name.clone(),
+            };
+            let answer = this.client.post(PATH, &body, REQUEST_TIMEOUT).await;
+            let result = match &answer {
+                Ok(StatusCode::ACCEPTED | StatusCode::OK) => WakeResult::Accepted,
+                Ok(StatusCode::NOT_FOUND) => WakeResult::UnknownService,
+                Ok(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => WakeResult::Refused,
+                Ok(_) => WakeResult::Failed,
+                Err(operator::Error::NoToken { .. }) => WakeResult::NoToken,
+                Err(operator::Error::Unreachable(_) | operator::Error::Timeout(_)) => {
+                    WakeResult::Unreachable
+                }
+                Err(_) => WakeResult::Failed,
+            };
             this.metrics.wake(&id, result);
-            match result {
-                WakeResult::Accepted => {
+            match (result, answer) {
+                (WakeResult::Accepted, _) => {
                     tracing::info!(service = %id, "wake accepted by the operator")
                 }
-                other => {
-                    tracing::warn!(service = %id, result = ?other, "wake not accepted; the next decision retries")
+                (other, Ok(status)) => {
+                    tracing::warn!(service = %id, result = ?other, %status, "wake not accepted; the next decision retries")
+                }
+                (other, Err(e)) => {
+                    tracing::warn!(service = %id, result = ?other, error = %elasti_runtime::DisplayChain(&e), "wake not sent; the next decision retries")
                 }
             }
             if let Ok(mut f) = this.in_flight.lock() {
                 f.remove(&id);
             }
         });
-    }
-}
-
-async fn post(
-    config: &Config,
-    client: &Client<HttpConnector, Full<Bytes>>,
-    id: &ServiceId,
-) -> WakeResult {
-    let token = match tokio::fs::read_to_string(&config.token_path).await {
-        Ok(t) => t.trim().to_string(),
-        Err(e) => {
-            tracing::warn!(path = %config.token_path.display(), error = %e, "no ServiceAccount token to wake with");
-            return WakeResult::NoToken;
-        }
-    };
-    let body = WakeRequest {
-        namespace: id.namespace.clone(),
-        service: id.name.clone(),
-    };
-    let Ok(body) = serde_json::to_vec(&body) else {
-        return WakeResult::Failed;
-    };
-    let url = format!("{}{PATH}", config.operator_url.trim_end_matches('/'));
-    let Ok(req) = Request::post(url)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-    else {
-        return WakeResult::Failed;
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, client.request(req)).await {
-        Ok(Ok(resp)) => match resp.status() {
-            StatusCode::ACCEPTED | StatusCode::OK => WakeResult::Accepted,
-            StatusCode::NOT_FOUND => WakeResult::UnknownService,
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => WakeResult::Refused,
-            _ => WakeResult::Failed,
-        },
-        Ok(Err(_)) | Err(_) => WakeResult::Unreachable,
     }
 }

@@ -1,6 +1,7 @@
 //! A client for the root suites: connects to `addr`, prints what `getpeername()` says
 //! (`peer=`), sends `ping`, prints the first line that comes back (`reply=`). Exits 2 if
-//! the connect fails, printing the error kind (`error=`).
+//! the connect fails, printing the error kind (`error=`). With a second argument (ms), it
+//! keeps the connection open that long after the reply.
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
@@ -34,5 +35,8 @@ fn main() -> ExitCode {
     let mut line = String::new();
     let _ = BufReader::new(&stream).read_line(&mut line);
     println!("reply={}", line.trim_end());
+    if let Some(ms) = std::env::args().nth(2).and_then(|a| a.parse::<u64>().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     ExitCode::SUCCESS
 }
