@@ -1,7 +1,9 @@
 //! What the eBPF programs add to `connect()`: loops of loopback connects from a process in
 //! a child cgroup, in a network namespace of the bench's own, with no program attached
-//! (baseline), attached with the map missing, and attached with the map hitting (the
-//! connect steered). Rounds alternate so drift on a noisy machine hits all three alike.
+//! (baseline), attached with the map missing, attached with the map hitting (the connect
+//! steered), and attached with a count-only entry (an `activity` trigger's warm Service:
+//! counted and its socket tracked until released, not steered). Rounds rotate so drift on
+//! a noisy machine hits all four alike.
 use std::{fs, net::SocketAddr, os::unix::process::CommandExt, path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
@@ -21,6 +23,8 @@ pub struct ConnectCost {
     pub baseline_ns: Summary,
     pub miss_ns: Summary,
     pub hit_ns: Summary,
+    /// A count-only entry hit: counted, tracked as open, released on close.
+    pub count_ns: Summary,
 }
 
 /// A network namespace and a cgroup v2 child, removed on drop.
@@ -92,10 +96,11 @@ pub fn run(loops: usize, rounds: usize) -> Result<ConnectCost> {
     // that same closed port.
     let closed: SocketAddr = "127.0.0.1:9".parse()?;
     let direct = closed.to_string();
-    let (mut base, mut miss, mut hit) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut base, mut miss, mut hit, mut count) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         // Rotate which case goes first, so warm-up and drift favour none of them.
-        for case in (0..3).map(|i| (i + round) % 3) {
+        for case in (0..4).map(|i| (i + round) % 4) {
             match case {
                 0 => base.push(bed.connect_loop(&direct, loops)?),
                 1 => {
@@ -104,10 +109,20 @@ pub fn run(loops: usize, rounds: usize) -> Result<ConnectCost> {
                     interceptor.hold("10.96.0.99:80".parse()?, Entry::steer(closed), 1)?;
                     miss.push(bed.connect_loop(&direct, loops)?);
                 }
-                _ => {
+                2 => {
                     let mut interceptor = Interceptor::attach(&bed.cgroup)?;
                     interceptor.hold(CLUSTER_IP.parse()?, Entry::steer(closed), 2)?;
                     hit.push(bed.connect_loop(CLUSTER_IP, loops)?);
+                }
+                _ => {
+                    let mut interceptor = Interceptor::attach(&bed.cgroup)?;
+                    // The dialled address is counted, not steered.
+                    interceptor.hold(closed, Entry::CountOnly, 3)?;
+                    count.push(bed.connect_loop(&direct, loops)?);
+                    let counted = interceptor.activity(closed).map_or(0, |a| a.connects);
+                    if counted != loops as u64 {
+                        bail!("the count-only entry counted {counted} of {loops} connects");
+                    }
                 }
             }
         }
@@ -118,6 +133,7 @@ pub fn run(loops: usize, rounds: usize) -> Result<ConnectCost> {
         baseline_ns: summarize(&base),
         miss_ns: summarize(&miss),
         hit_ns: summarize(&hit),
+        count_ns: summarize(&count),
     })
 }
 
