@@ -514,10 +514,24 @@ async fn a_probe_rule_is_answered_at_zero_without_holding_or_waking_and_a_real_r
         0,
         "a probe is neither held nor woken for"
     );
+    // A client that writes its head in pieces is answered too.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    for piece in ["GET /lb", "-check HTTP/1.1\r\nHost: web\r\n", "\r\n"] {
+        s.write_all(piece.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer)
+        .await
+        .expect("read");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with(r#"{"status":"ok"}"#),
+        "{answer}"
+    );
     assert_eq!(
         p.metrics
             .count(p.service.id(), Protocol::Http1, Outcome::ProbeAnswered),
-        1
+        2
     );
     // A request no rule matches is held (and wakes), then answered by the pod.
     let real = tokio::spawn(http1_get(p.addr, "/api"));

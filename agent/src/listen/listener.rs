@@ -328,19 +328,41 @@ async fn client_gone(stream: &TcpStream) {
 /// hyper's own limits once forwarded.
 const HEAD_CHECK_BYTES: usize = 8 << 10;
 
-/// What the request head peeked so far is ([`probe::inspect`]): HTTP/1.x that cannot
-/// parse (answered 400 at once), a probe a rule answers, or anything to hold (the h2
-/// preface included).
+/// What the request head is ([`probe::inspect`]): HTTP/1.x that cannot parse (answered
+/// 400 at once), a probe a rule answers, or anything to hold (the h2 preface included).
+/// With rules to match, a head still arriving in pieces is looked at again for up to
+/// [`HEAD_WAIT`].
 async fn inspect_head(stream: &TcpStream, rules: &elasti_api::probe::CompiledRules) -> probe::Head {
     let mut buf = vec![0u8; HEAD_CHECK_BYTES];
-    let Ok(n) = stream.peek(&mut buf).await else {
-        return probe::Head::Hold;
-    };
-    if buf[..n].starts_with(classify::H2_PREFACE) {
-        return probe::Head::Hold;
+    let deadline = tokio::time::Instant::now() + HEAD_WAIT;
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return probe::Head::Hold,
+        };
+        if buf[..n].starts_with(classify::H2_PREFACE) {
+            return probe::Head::Hold;
+        }
+        match probe::inspect(&buf[..n], rules) {
+            probe::Head::Partial
+                if !rules.is_empty()
+                    && n > 0
+                    && n < buf.len()
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                // peek() returns what is queued at once; wait a moment for the rest.
+                tokio::time::sleep(HEAD_POLL).await;
+            }
+            probe::Head::Partial => return probe::Head::Hold,
+            head => return head,
+        }
     }
-    probe::inspect(&buf[..n], rules)
 }
+
+/// How long a head matched against `probeResponse` rules may take to arrive whole.
+const HEAD_WAIT: Duration = Duration::from_millis(500);
+/// How often a partial head is looked at again.
+const HEAD_POLL: Duration = Duration::from_millis(2);
 
 fn metrics_protocol(p: Protocol) -> metrics::Protocol {
     match p {
@@ -385,5 +407,58 @@ async fn peek_protocol(stream: &TcpStream) -> Protocol {
             Protocol::NeedMore => return Protocol::Opaque,
             decided => return decided,
         }
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    #[tokio::test]
+    async fn sizes() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let (_tx, rx) = tokio::sync::watch::channel(crate::hold::Endpoints::from(Vec::new()));
+        let id = crate::hold::ServiceId {
+            namespace: "a".into(),
+            name: "b".into(),
+            port: 1,
+        };
+        let service = Arc::new(HeldService::new(
+            id,
+            rx,
+            Default::default(),
+            Arc::new(crate::hold::Budget::default()),
+            Arc::new(|| {}),
+            Default::default(),
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let ctx = Context {
+            service: service.clone(),
+            metrics: metrics.clone(),
+            host: Host::Standalone {
+                listen_address: "127.0.0.1".parse().unwrap(),
+            },
+            proxy_port: 1,
+        };
+        let balancer = Arc::new(Balancer::default());
+        let http = Arc::new(HttpForwarder::new(
+            service.clone(),
+            metrics,
+            balancer.clone(),
+        ));
+        let peer = c.local_addr().unwrap();
+        let f = handle(
+            Conn {
+                stream: c,
+                peer,
+                kept: None,
+            },
+            ctx,
+            balancer,
+            http.clone(),
+        );
+        eprintln!("handle future: {}", std::mem::size_of_val(&f));
+        eprintln!("acquire: {}", std::mem::size_of_val(&service.acquire(0)));
     }
 }

@@ -23,6 +23,9 @@ pub enum Head {
     Invalid,
     /// A complete head a rule answers.
     Probe(Answer),
+    /// A head that parses so far but is not complete yet (a client may write it in
+    /// pieces): look again when more has arrived.
+    Partial,
     /// Anything else (incomplete, h2, or no rule matches): held as usual.
     Hold,
 }
@@ -33,7 +36,8 @@ pub fn inspect(peeked: &[u8], rules: &CompiledRules) -> Head {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(peeked) {
         Ok(httparse::Status::Complete(_)) if !rules.is_empty() => {}
-        Ok(_) => return Head::Hold,
+        Ok(httparse::Status::Complete(_)) => return Head::Hold,
+        Ok(httparse::Status::Partial) => return Head::Partial,
         // More headers than a probe has: not answered here, but not malformed either.
         Err(httparse::Error::TooManyHeaders) => return Head::Hold,
         Err(_) => return Head::Invalid,
@@ -113,8 +117,11 @@ mod tests {
             inspect(b"GET /ready HTTP/1.1\r\nUser-Agent: curl\r\n\r\n", &r),
             Head::Hold
         );
-        // Incomplete: held (a probe sends its head in one go).
-        assert_eq!(inspect(b"GET /healthz HTTP/1.1\r\nHost:", &r), Head::Hold);
+        // Incomplete: looked at again once more has arrived.
+        assert_eq!(
+            inspect(b"GET /healthz HTTP/1.1\r\nHost:", &r),
+            Head::Partial
+        );
         // An absolute-form target is not answered as a probe.
         assert_eq!(
             inspect(b"GET http://x/healthz HTTP/1.1\r\n\r\n", &r),
