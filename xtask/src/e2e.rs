@@ -35,6 +35,7 @@ pub fn run(args: &Args) -> Result<()> {
     let cluster = match kind::Cluster::discover() {
         Ok(c) if args.reuse => {
             c.load_images(&tarballs)?;
+            restart_elasti(&c)?;
             c
         }
         _ => cluster::up(kind::DEFAULT_WORKERS)?,
@@ -44,4 +45,41 @@ pub fn run(args: &Args) -> Result<()> {
     let down = if args.keep { Ok(()) } else { kind::down() };
     println!("\ne2e: {} passed, {} failed", tally.passed, tally.failed);
     result.and(down)
+}
+
+/// On a reused cluster, elasti installed by an earlier run still runs the images it was
+/// started with (the tags do not change, so a Helm upgrade rolls nothing): restart the
+/// agent and the operator on the images just loaded.
+fn restart_elasti(cluster: &kind::Cluster) -> Result<()> {
+    let installed = cluster
+        .kubectl()
+        .args(["-n", "elasti-system", "get", "daemonset/elasti-agent"])
+        .output()?
+        .status
+        .success();
+    if !installed {
+        return Ok(());
+    }
+    for what in ["daemonset/elasti-agent", "deployment/elasti-operator"] {
+        elasti_testbed::cmd::run(
+            "restart elasti on the new images",
+            cluster
+                .kubectl()
+                .args(["-n", "elasti-system", "rollout", "restart", what]),
+        )?;
+    }
+    for what in ["daemonset/elasti-agent", "deployment/elasti-operator"] {
+        elasti_testbed::cmd::run(
+            "wait for the restarted elasti",
+            cluster.kubectl().args([
+                "-n",
+                "elasti-system",
+                "rollout",
+                "status",
+                what,
+                "--timeout=300s",
+            ]),
+        )?;
+    }
+    Ok(())
 }
