@@ -16,3 +16,13 @@ pub const SCALED_TO_ZERO: &str = "ScaledToZero";
 /// `/scale` to zero only once every Ready agent reports intercepting
 /// ([`crate::report::ServiceReport::intercepting`]), or after a timeout.
 pub const SCALE_DOWN_PENDING: &str = "ScaleDownPending";
+/// `True` while the target has a Ready endpoint (`status.mode` is `serve`); its
+/// `lastTransitionTime` says since when, which is what the cooldown counts from.
+pub const SERVING: &str = "Serving";
+/// `True` when another ElastiService, created before this one, manages the same Service
+/// or the same target: this one is left alone (no proxy ports, no scaling, no slices).
+pub const CONFLICT: &str = "Conflict";
+/// `False` outside `enabledPeriod` (reason `OutsideEnabledPeriod`: the target is kept at
+/// `minTargetReplicas`) or when the schedule cannot be read (reason `InvalidSchedule`:
+/// nothing is scaled down).
+pub const SCALE_TO_ZERO_ALLOWED: &str = "ScaleToZeroAllowed";

@@ -38,9 +38,11 @@ pub struct ElastiServiceSpec {
     /// Name of the Service, in the same namespace, whose traffic wakes the target.
     #[schemars(length(min = 1, max = 63))]
     pub service: String,
-    /// Replicas to scale the target up to when traffic arrives.
+    /// Replicas to scale the target up to when traffic arrives (at most 1,000: the operator
+    /// scales with its own rights, so one ElastiService must not be able to ask for any
+    /// number).
     #[serde(default = "default_min_target_replicas")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub min_target_replicas: i32,
     /// Seconds the target must have been up (and idle) before it may be scaled to zero.
     #[serde(default = "default_cooldown_period")]
@@ -322,6 +324,10 @@ impl JsonSchema for ProbeStatus {
 /// The workload behind the Service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.apiVersion == 'apps/v1' ? self.kind in ['Deployment', 'StatefulSet', 'deployments'] : self.kind in ['Rollout', 'rollouts']",
+    "message": "apps/v1 targets are a Deployment or a StatefulSet; argoproj.io/v1alpha1 targets are a Rollout"
+}]))]
 pub struct ScaleTargetRef {
     /// `apps/v1` for a Deployment or StatefulSet, `argoproj.io/v1alpha1` for a Rollout.
     pub api_version: TargetApiVersion,
@@ -435,6 +441,12 @@ pub struct PrometheusTrigger {
     /// Extra HTTP headers for the Prometheus request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// elasti's extension: a Secret in the ElastiService's namespace whose keys are header
+    /// names and values header values, sent with every query (credentials stay out of the
+    /// spec). The Secret must carry the label `elasti.truefoundry.com/trigger-headers:
+    /// "true"`, so only someone who may write it can offer it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_from_secret: Option<String>,
 }
 
 /// An autoscaler that also owns the target's replica count.
@@ -465,6 +477,10 @@ pub struct ElastiServiceStatus {
     /// When the target was last scaled up from zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scaled_up_time: Option<Time>,
+    /// When an agent last asked to wake the target (also when it was up already): the
+    /// cooldown counts from it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_wake_time: Option<Time>,
     /// `proxy` while the target has no Ready endpoint, `serve` once it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
@@ -707,6 +723,25 @@ probeResponse:
         for (i, (got, want)) in checks.into_iter().enumerate() {
             assert_eq!(*got, want, "check {i}");
         }
+    }
+
+    /// Issue 14 item 6: what can never work is refused at admission.
+    #[test]
+    fn schema_caps_min_replicas_and_pairs_api_versions_with_kinds() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(ElastiService::crd()).unwrap_or_else(|e| panic!("{e}"));
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(
+            spec["properties"]["minTargetReplicas"]["maximum"].as_f64(),
+            Some(1000.0)
+        );
+        let rule = spec["properties"]["scaleTargetRef"]["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            rule.contains("'apps/v1'") && rule.contains("'rollouts'"),
+            "{rule}"
+        );
     }
 
     #[test]

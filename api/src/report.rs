@@ -10,6 +10,11 @@
 //! (at most once a [`REPORT_INTERVAL`]), and at least once a [`HEARTBEAT`] while it has
 //! anything to report. The operator keeps each agent's latest report; one that has not
 //! reported for [`EXPIRY`] no longer counts.
+//!
+//! Only the leading operator replica keeps reports (the decisions they feed are the
+//! leader's). Another replica answers `503` with `Connection: close` and `Retry-After: 0`:
+//! the agent retries at once on a new connection, which the operator Service may send to
+//! the leader. The leader answers `202`; `413` for more than [`MAX_SERVICES`] services.
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};

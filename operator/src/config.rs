@@ -33,9 +33,48 @@ pub struct Args {
     #[arg(long, env = "ELASTI_POLL_INTERVAL_SECS", default_value_t = 30)]
     pub poll_interval_secs: u64,
 
-    /// Seconds a Prometheus query may take before its trigger reads as unknown.
+    /// Seconds a Prometheus query (its whole answer included) may take before its
+    /// trigger reads as unknown.
     #[arg(long, env = "ELASTI_PROMETHEUS_TIMEOUT_SECS", default_value_t = 5)]
     pub prometheus_timeout_secs: u64,
+
+    /// The only Prometheus hosts triggers may query, comma-separated (`host` or
+    /// `host:port`); empty: any. The ElastiService's author picks `serverAddress`, so in a
+    /// shared cluster this keeps the operator from calling arbitrary addresses for them.
+    #[arg(
+        long,
+        env = "ELASTI_PROMETHEUS_ALLOWED_HOSTS",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub prometheus_allowed_hosts: Vec<String>,
+
+    /// A PEM file of CA certificates trusted for `https://` Prometheus servers, besides
+    /// the system's roots; empty: the system's roots only.
+    #[arg(long, env = "ELASTI_PROMETHEUS_CA_BUNDLE", default_value = "")]
+    pub prometheus_ca_bundle: String,
+
+    /// Seconds a scale-down waits, after announcing it (`ScaleDownPending`), for every
+    /// Ready agent to report that it intercepts the Service; then it goes ahead (and
+    /// counts it). Agents report within a second of a change.
+    #[arg(long, env = "ELASTI_INTERCEPT_TIMEOUT_SECS", default_value_t = 5)]
+    pub intercept_timeout_secs: u64,
+
+    /// Seconds a freed proxy port stays unused before another Service may get it, so an
+    /// agent that has not seen the release yet never serves it for the wrong tenant.
+    #[arg(long, env = "ELASTI_PORT_QUARANTINE_SECS", default_value_t = 120)]
+    pub port_quarantine_secs: u64,
+
+    /// Seconds the finalizer tries to scale a target back up before it lets a deleted
+    /// ElastiService go anyway (with a warning event); in a namespace being deleted it
+    /// does not wait at all.
+    #[arg(long, env = "ELASTI_CLEANUP_DEADLINE_SECS", default_value_t = 60)]
+    pub cleanup_deadline_secs: u64,
+
+    /// Connections the wake server serves at once (agents keep one or two each); more are
+    /// closed at accept. The open-files limit is raised to fit.
+    #[arg(long, env = "ELASTI_WAKE_MAX_CONNECTIONS", default_value_t = 8192)]
+    pub wake_max_connections: usize,
 
     /// Namespace of the agent DaemonSet (its pods are the fallback slice's endpoints, and
     /// its ServiceAccount is the only caller allowed to wake).
@@ -147,5 +186,15 @@ mod tests {
         assert_eq!(a.proxy_ports, 24000..=27999);
         assert!(a.leader_elect);
         assert_eq!(a.common.namespaces(), None);
+        assert!(a.prometheus_allowed_hosts.iter().all(String::is_empty));
+        assert_eq!(a.intercept_timeout_secs, 5);
+        let a = Args::parse_from([
+            "elasti-operator",
+            "--prometheus-allowed-hosts=prometheus.monitoring.svc,10.0.0.1:9090",
+        ]);
+        assert_eq!(
+            a.prometheus_allowed_hosts,
+            ["prometheus.monitoring.svc", "10.0.0.1:9090"]
+        );
     }
 }

@@ -1,34 +1,42 @@
-//! The operator's main loop: the admin server and the wake endpoint run on every replica;
-//! the controller runs only while this replica leads.
+//! The operator's main loop: the admin server and the wake server run on every replica;
+//! the controller runs only while this replica leads, and stops (mid-reconcile) the moment
+//! it does not.
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use elasti_api::ElastiService;
 use elasti_runtime::{DisplayChain, admin, reflect};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
-    Client, ResourceExt,
-    runtime::events::{Recorder, Reporter},
+    Api, Client, ResourceExt,
+    api::ListParams,
+    core::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt,
+        events::{Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
 };
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::{
     config::Args,
+    fence::Fence,
     leader,
     metrics::Metrics,
     ports::PortBook,
-    reconcile::{self, Context, Settings, fallback::Agents},
+    reconcile::{self, AgentsView, Context, Settings},
     scale::Scaler,
-    triggers::Prometheus,
+    term::Leader,
+    triggers::{Prometheus, prometheus},
     wake::{
         auth::Authenticator,
-        server::{self, WakeService},
+        server::{self, Health, WakeService},
     },
 };
 
@@ -37,6 +45,9 @@ pub enum Error {
     /// No Kubernetes client could be built (no in-cluster env, no kubeconfig).
     #[error("building the Kubernetes client failed")]
     Client(#[source] kube::Error),
+    /// The Prometheus client could not be built (the CA bundle).
+    #[error("the Prometheus client")]
+    Prometheus(#[source] prometheus::Error),
 }
 
 /// Runs the operator until SIGTERM/SIGINT.
@@ -44,17 +55,68 @@ pub async fn run(args: Args) -> Result<(), Error> {
     run_until(args, shutdown_signal()).await
 }
 
+/// Raises the soft open-files limit to the hard one: every wake-server connection is a
+/// descriptor, and a soft limit of 1,024 is the default of many runtimes.
+pub fn raise_fd_limit(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "could not raise the open-files limit"),
+        },
+        Ok((soft, _)) if soft < want => {
+            tracing::warn!(
+                limit = soft,
+                want,
+                "the open-files limit is below the wake server's connection cap"
+            )
+        }
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read the open-files limit"),
+    }
+}
+
+/// ElastiServices an agent change may concern: those the agents stand in for now.
+fn in_proxy_or_pending(store: &Store<ElastiService>) -> Vec<ObjectRef<ElastiService>> {
+    store
+        .state()
+        .iter()
+        .filter(|es| {
+            es.status.as_ref().is_some_and(|s| {
+                s.mode == Some(elasti_api::Mode::Proxy)
+                    || s.conditions.iter().any(|c| {
+                        c.type_ == elasti_api::conditions::SCALE_DOWN_PENDING && c.status == "True"
+                    })
+            })
+        })
+        .map(|es| ObjectRef::from_obj(es.as_ref()))
+        .collect()
+}
+
 /// [`run`], until `shutdown` resolves (tests run operators in-process this way).
 pub async fn run_until(
     args: Args,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    raise_fd_limit(args.wake_max_connections as u64 + 1024);
     let client = Client::try_default().await.map_err(Error::Client)?;
     let identity = args.identity();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let registry = Arc::new(registry);
-    let synced = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::default());
+    let prometheus = Prometheus::new(prometheus::Settings {
+        timeout: Duration::from_secs(args.prometheus_timeout_secs.max(1)),
+        ca_bundle: (!args.prometheus_ca_bundle.is_empty())
+            .then(|| args.prometheus_ca_bundle.clone().into()),
+        allowed_hosts: args
+            .prometheus_allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect(),
+    })
+    .map_err(Error::Prometheus)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -66,9 +128,9 @@ pub async fn run_until(
     };
 
     let admin_task = tokio::spawn({
-        let (addr, registry, ready) = (args.admin_address, registry.clone(), synced.clone());
+        let (addr, registry, health) = (args.admin_address, registry.clone(), health.clone());
         async move {
-            if let Err(e) = admin::serve(addr, registry, ready).await {
+            if let Err(e) = admin::serve(addr, registry, health).await {
                 tracing::error!(%addr, error = %e, "admin server stopped");
             }
         }
@@ -83,15 +145,54 @@ pub async fn run_until(
     // The one waiter on the store: its readiness future wakes only its last poller.
     let (synced_tx, synced_rx) = watch::channel(false);
     tokio::spawn({
-        let (store, synced) = (store.clone(), synced.clone());
+        let (store, health) = (store.clone(), health.clone());
         async move {
             if store.wait_until_ready().await.is_ok() {
-                synced.store(true, Ordering::Release);
+                health.synced.store(true, Ordering::Release);
                 let _ = synced_tx.send(true);
                 tracing::info!(elastiservices = store.state().len(), "synced");
             }
         }
     });
+
+    let leader_state = Leader::default();
+    // The agent pods (the fallback endpoints, the interception the scale-down waits for)
+    // and the nodes' zones, watched: an agent that goes away leaves the slices at once.
+    let (pods, pods_writer) = reflector::store();
+    let agent_task = tokio::spawn({
+        let api = Api::<Pod>::namespaced(client.clone(), &args.agent_namespace);
+        let config = watcher::Config::default().labels(&args.agent_selector);
+        let (store, leader_state) = (store.clone(), leader_state.clone());
+        reflector::reflector(pods_writer, watcher(api, config))
+            .default_backoff()
+            .for_each(move |event| {
+                match event {
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                        leader_state.poke(in_proxy_or_pending(&store));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %DisplayChain(&e), "agent pod watch failed; retrying"),
+                }
+                futures::future::ready(())
+            })
+    });
+    let (nodes, nodes_writer) = reflector::store();
+    let node_task = tokio::spawn(
+        reflector::reflector(
+            nodes_writer,
+            watcher(
+                Api::<PartialObjectMeta<Node>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %DisplayChain(&e), "node watch failed; retrying");
+            }
+            futures::future::ready(())
+        }),
+    );
 
     let recorder = Recorder::new(
         client.clone(),
@@ -102,6 +203,7 @@ pub async fn run_until(
     );
     let scaler = Arc::new(Scaler::new(client.clone(), recorder, metrics.clone()));
     let wake = Arc::new(WakeService {
+        client: client.clone(),
         auth: Authenticator::new(
             client.clone(),
             &args.agent_namespace,
@@ -109,17 +211,12 @@ pub async fn run_until(
         ),
         scaler: scaler.clone(),
         store: store.clone(),
-        synced: synced.clone(),
+        health: health.clone(),
         metrics: metrics.clone(),
+        leader: leader_state.clone(),
+        max_connections: args.wake_max_connections.max(1),
     });
-    let wake_task = tokio::spawn({
-        let addr = args.wake_address;
-        async move {
-            if let Err(e) = server::serve(addr, wake).await {
-                tracing::error!(%addr, error = %e, "wake endpoint stopped");
-            }
-        }
-    });
+    let wake_task = tokio::spawn(server::serve(args.wake_address, wake));
 
     let (leading_tx, leading_rx) = watch::channel(false);
     let leader_task = if args.leader_elect {
@@ -150,11 +247,10 @@ pub async fn run_until(
     let settings = Settings {
         poll_interval: args.poll_interval(),
         namespaces: args.common.namespaces(),
-        agents: Agents {
-            namespace: args.agent_namespace.clone(),
-            selector: args.agent_selector.clone(),
-        },
+        intercept_timeout: Duration::from_secs(args.intercept_timeout_secs),
+        cleanup_deadline: Duration::from_secs(args.cleanup_deadline_secs),
     };
+    let quarantine = Duration::from_secs(args.port_quarantine_secs);
     loop {
         let mut leading = leading_rx.clone();
         let mut stop = stop_rx.clone();
@@ -165,27 +261,56 @@ pub async fn run_until(
         if *stop_rx.borrow() {
             break;
         }
-        metrics.leader.set(1);
         if synced_rx.clone().wait_for(|s| *s).await.is_err() {
             break;
         }
-        let elastiservices = store.state();
+        // The port book from a fresh list, not the cache: a watch can lag behind writes
+        // the previous leader made just before it went.
+        let scope = args.common.namespaces();
+        let listed = match Api::<ElastiService>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(error = %DisplayChain(&e), "listing ElastiServices at takeover failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         let book = PortBook::from_statuses(
             args.proxy_ports.clone(),
-            elastiservices.iter().filter_map(|es| {
-                let ports = es.status.as_ref()?.proxy_ports.as_slice();
-                Some(((es.namespace().unwrap_or_default(), es.name_any()), ports))
-            }),
+            quarantine,
+            listed
+                .iter()
+                .filter(|es| {
+                    scope
+                        .as_ref()
+                        .is_none_or(|ns| es.namespace().is_some_and(|n| ns.contains(&n)))
+                })
+                .filter_map(|es| {
+                    let ports = es.status.as_ref()?.proxy_ports.as_slice();
+                    Some(((es.namespace().unwrap_or_default(), es.name_any()), ports))
+                }),
         );
+        metrics.leader.set(1);
         metrics.proxy_ports.set(book.allocated() as i64);
         tracing::info!(identity = %identity, proxy_ports = book.allocated(), "leading: controller started");
+        let pokes = leader_state.start(Instant::now());
         let ctx = Arc::new(Context {
             client: client.clone(),
             scaler: scaler.clone(),
-            prometheus: Prometheus::new(Duration::from_secs(args.prometheus_timeout_secs)),
+            prometheus: prometheus.clone(),
             ports: Mutex::new(book),
             metrics: metrics.clone(),
             settings: settings.clone(),
+            store: store.clone(),
+            agents: AgentsView {
+                pods: pods.clone(),
+                nodes: nodes.clone(),
+            },
+            leader: leader_state.clone(),
+            fence: Fence::new(leading_rx.clone()),
         });
         let (mut lost, mut stop) = (leading_rx.clone(), stop_rx.clone());
         let until = async move {
@@ -194,7 +319,8 @@ pub async fn run_until(
                 _ = stop.wait_for(|s| *s) => {}
             }
         };
-        reconcile::run(ctx, store.clone(), until).await;
+        reconcile::run(ctx, pokes, until).await;
+        leader_state.end();
         metrics.leader.set(0);
         tracing::info!(identity = %identity, "controller stopped");
     }
@@ -202,9 +328,9 @@ pub async fn run_until(
     if let Some(task) = leader_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    wake_task.abort();
-    admin_task.abort();
-    reflector_task.abort();
+    for task in [wake_task, admin_task, reflector_task, agent_task, node_task] {
+        task.abort();
+    }
     Ok(())
 }
 

@@ -291,6 +291,7 @@ pub fn prometheus_trigger(server: &str, query: &str, threshold: &str) -> ScaleTr
             threshold: threshold.into(),
             uptime_filter: Some("job=\"prometheus\"".into()),
             headers: None,
+            headers_from_secret: None,
         }),
     }
 }

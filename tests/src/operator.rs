@@ -110,6 +110,24 @@ impl RunningOperator {
     pub fn wake(&self, token: Option<&str>, body: &str) -> Result<(u16, String)> {
         post(self.wake_address, "/v1/wake", token, body)
     }
+
+    /// `POST /v1/wake` for `namespace/service` with `token`: the status code.
+    pub fn wake_service(&self, token: &str, namespace: &str, service: &str) -> Result<u16> {
+        let body = serde_json::json!({"namespace": namespace, "service": service}).to_string();
+        Ok(self.wake(Some(token), &body)?.0)
+    }
+
+    /// `POST /v1/report` of `report` with `token`: the status code.
+    pub fn report(&self, token: &str, report: &elasti_api::report::AgentReport) -> Result<u16> {
+        let body = serde_json::to_string(report)?;
+        Ok(post(
+            self.wake_address,
+            elasti_api::report::PATH,
+            Some(token),
+            &body,
+        )?
+        .0)
+    }
 }
 
 impl Drop for RunningOperator {
@@ -186,8 +204,15 @@ pub struct FakePrometheus {
 }
 
 impl FakePrometheus {
+    /// On loopback: for an operator in this process.
     pub fn start(answer: PromAnswer) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        Self::start_on("127.0.0.1:0", answer)
+    }
+
+    /// On `bind` (`0.0.0.0:0`: every address of this network namespace, where the
+    /// operator pods reach it at this node's IP).
+    pub fn start_on(bind: &str, answer: PromAnswer) -> Self {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("{e}"));
         let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let answer = Arc::new(Mutex::new(answer));
         let queries = Arc::new(Mutex::new(Vec::new()));
@@ -241,5 +266,106 @@ impl FakePrometheus {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// Its URL at `ip` (the port it listens on).
+    pub fn url_at(&self, ip: &str) -> String {
+        format!("http://{ip}:{}", self.address.port())
+    }
+}
+
+/// Creates ServiceAccount `elasti-agent` in `namespace` (the agents' own, for an operator
+/// started with `--agent-namespace=<namespace>`) and returns a token of it with the wake
+/// audience, as the agents' projected token has.
+pub fn agent_token(namespace: &str) -> Result<String> {
+    let _ = kubectl(&["-n", namespace, "create", "serviceaccount", "elasti-agent"]);
+    Ok(kubectl(&[
+        "-n",
+        namespace,
+        "create",
+        "token",
+        "elasti-agent",
+        "--audience",
+        elasti_api::wake::AUDIENCE,
+    ])?
+    .trim()
+    .to_string())
+}
+
+/// The chart's operator (if an e2e run left elasti installed) scaled to zero, so it does
+/// not reconcile the suite's ElastiServices beside the one under test. The scenarios'
+/// `helm upgrade --install` scales it back.
+pub fn quiet_chart_operator() {
+    let ns = elasti_testbed::elasti::NAMESPACE;
+    if kubectl(&["-n", ns, "get", "deployment", "elasti-operator"]).is_ok() {
+        let _ = kubectl(&[
+            "-n",
+            ns,
+            "scale",
+            "deployment/elasti-operator",
+            "--replicas=0",
+        ]);
+        let _ = crate::wait_until("the chart's operator gone", Duration::from_secs(60), || {
+            kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=elasti-operator",
+                "-o",
+                "name",
+            ])
+            .ok()
+            .filter(|out| out.trim().is_empty())
+        });
+    }
+}
+
+/// An HTTP server that answers every request with `200 OK` and a body of `len` bytes of
+/// `A` (a Prometheus that never ends talking), counting what it managed to send.
+pub struct HostileServer {
+    pub address: SocketAddr,
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HostileServer {
+    pub fn start_on(bind: &str, len: u64) -> Self {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    let _ = stream.read(&mut buf);
+                    let head = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"x":""#;
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
+                        head.len() as u64 + len
+                    );
+                    let chunk = vec![b'A'; 1 << 20];
+                    let mut left = len;
+                    while left > 0 {
+                        let n = left.min(chunk.len() as u64) as usize;
+                        if stream.write_all(&chunk[..n]).is_err() {
+                            return;
+                        }
+                        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        left -= n as u64;
+                    }
+                });
+            }
+        });
+        Self { address, sent }
+    }
+
+    /// Its URL at `ip`.
+    pub fn url_at(&self, ip: &str) -> String {
+        format!("http://{ip}:{}", self.address.port())
     }
 }

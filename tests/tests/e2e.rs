@@ -1597,3 +1597,460 @@ fn scenario_28_a_flood_of_the_admin_port_and_of_a_held_port_does_not_stop_a_real
         },
     );
 }
+
+// ---- Scenarios 30–39: the operator (issues 14 and 15) ----
+
+/// A stand-in Prometheus in this process, on every address of this node's network, and
+/// the URL the operator pods reach it at; every query answers `value` (`up` answers 1).
+fn prometheus_here(value: f64) -> (elasti_e2e::operator::FakePrometheus, String) {
+    use elasti_e2e::operator::{FakePrometheus, PromAnswer};
+    let prom = FakePrometheus::start_on("0.0.0.0:0", PromAnswer::Value(value));
+    let url = prom.url_at(&cluster().home().ip);
+    (prom, url)
+}
+
+/// `es` idle while the stand-in at `url` reads under 0.5, after `cooldown` seconds.
+fn idle_after(
+    mut es: elasti_api::ElastiService,
+    url: &str,
+    cooldown: i32,
+) -> elasti_api::ElastiService {
+    es.spec.cooldown_period = cooldown;
+    es.spec.triggers = vec![prometheus_trigger(
+        url,
+        "sum(rate(x[1m])) or vector(0)",
+        "0.5",
+    )];
+    es
+}
+
+/// The operator pods' restarts, summed.
+fn operator_restarts() -> anyhow::Result<i32> {
+    Ok(kube()?
+        .list::<k8s_openapi::api::core::v1::Pod>(
+            elasti::NAMESPACE,
+            "app.kubernetes.io/name=elasti-operator",
+        )?
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_30_a_pod_ready_only_after_the_cooldown_is_not_scaled_away_from_a_held_request() {
+    scenario(
+        30,
+        "cooldownPeriod 5, a pod Ready 8 s after it starts: the cold request gets 200",
+        || {
+            let (_prom, url) = prometheus_here(0.0);
+            let app = App::http("web").env("READY_AFTER_MS", "8000");
+            let (ns_owned, target) = held("e2e-s30", &app)?;
+            let ns = ns_owned.name.as_str();
+            apply_es(ns, &idle_after(app.elastiservice(), &url, 5))?;
+            std::thread::sleep(Duration::from_secs(2));
+            ensure!(replicas(ns, Kind::Deployment, "web") == 0, "stays at zero");
+            let _cg = InPodsCgroup::enter("s30")?;
+            let start = Instant::now();
+            let a = block_on(async move {
+                tokio::time::timeout(Duration::from_secs(60), client::get(target, "/")).await
+            });
+            let took = start.elapsed();
+            let a = a.map_err(|_| anyhow::anyhow!("no answer in 60 s"))??;
+            ensure!(a.status == 200, "{a:?}");
+            eprintln!("cold request answered after {took:?}");
+            ensure!(
+                took >= Duration::from_secs(8),
+                "answered only once Ready: {took:?}"
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_31_a_flood_of_the_wake_port_does_not_delay_a_real_agents_wake() {
+    scenario(
+        31,
+        "2,000 idle connections and 2,000 garbage or forged tokens at the wake port: a real agent's wake gets 202 within 1 s",
+        || {
+            let ns_owned = setup("e2e-s31", &[&App::http("web").replicas(0)])?;
+            let ns = ns_owned.name.as_str();
+            wait_mode(ns, "web", Mode::Proxy)?;
+            deploy_client(ns, "idle", None, false)?;
+            deploy_client(ns, "garbage", None, false)?;
+            let wake_ip = cluster_ip(elasti::NAMESPACE, "elasti-operator")?;
+            let wake = format!("{wake_ip}:8080");
+            let token = |sa: &str| {
+                kubectl(&[
+                    "-n",
+                    elasti::NAMESPACE,
+                    "create",
+                    "token",
+                    sa,
+                    "--audience",
+                    "elasti-operator",
+                ])
+                .map(|t| t.trim().to_string())
+            };
+            let agent = token("elasti-agent")?;
+            // Right audience and expiry, another signature: only a TokenReview can tell.
+            let forged = format!(
+                "{}.c2lnbmF0dXJl",
+                token("elasti-operator")?
+                    .rsplit_once('.')
+                    .map(|(h, _)| h)
+                    .unwrap_or("")
+            );
+            let restarts = operator_restarts()?;
+            let flood = |pod: &'static str, send: String| {
+                let (ns, wake) = (ns.to_string(), wake.clone());
+                std::thread::spawn(move || {
+                    kubectl(&[
+                        "-n",
+                        &ns,
+                        "exec",
+                        pod,
+                        "--",
+                        "/usr/local/bin/conn-flood",
+                        "--connections",
+                        "2000",
+                        "--send",
+                        &send,
+                        "--hold-secs",
+                        "20",
+                        &wake,
+                    ])
+                })
+            };
+            let post = |t: &str| {
+                format!(
+                    "POST /v1/wake HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+                )
+            };
+            let idle = flood("idle", String::new());
+            let garbage = flood("garbage", post(&forged));
+            std::thread::sleep(Duration::from_secs(4));
+            let wake_addr: SocketAddr = wake.parse()?;
+            let body = format!(r#"{{"namespace":"{ns}","service":"web"}}"#);
+            let mut took = Vec::new();
+            for _ in 0..5 {
+                let start = Instant::now();
+                let (code, resp) =
+                    elasti_e2e::operator::post(wake_addr, "/v1/wake", Some(&agent), &body)?;
+                took.push(start.elapsed());
+                ensure!(code == 202, "{resp}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            for (what, f) in [("idle", idle), ("garbage", garbage)] {
+                let out = f.join().map_err(|_| anyhow::anyhow!("thread"))??;
+                eprintln!("{what} flood: {}", out.trim());
+            }
+            eprintln!("real wakes under the flood answered 202 in {took:?}");
+            ensure!(
+                took.iter().all(|t| *t < Duration::from_secs(1)),
+                "a wake took {took:?}"
+            );
+            ensure!(operator_restarts()? == restarts, "the operators stayed up");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_32_external_traffic_policy_local_at_zero_wakes_from_every_node() {
+    scenario(
+        32,
+        "externalTrafficPolicy: Local, NodePort at 0, a request to each node: all answered",
+        || {
+            let (ns, node_port, _) = nodeport_at_zero("e2e-s32", "Local")?;
+            let ns = ns.name.as_str();
+            let slices = jsonpath(
+                ns,
+                "endpointslice/web-elasti-ipv4",
+                "{.endpoints[*].nodeName}",
+            );
+            eprintln!("fallback endpoints on nodes: {slices}");
+            for n in &cluster().nodes {
+                let r = get_from_netns(
+                    &format!("{}:{node_port}", n.ip),
+                    "/",
+                    Duration::from_secs(60),
+                )
+                .with_context(|| format!("via {}", n.name))?;
+                ensure!(
+                    r.starts_with("HTTP/1.1 200") && r.contains("pod=web-"),
+                    "via {}: {r}",
+                    n.name
+                );
+            }
+            wait_mode(ns, "web", Mode::Serve)?;
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_33_a_scale_down_under_a_request_stream_refuses_nothing_on_any_path() {
+    scenario(
+        33,
+        "scale-down in two phases under streams by ClusterIP, DNS and NodePort from every node, target exits at once on SIGTERM: every request answered",
+        || {
+            let (_prom, url) = prometheus_here(0.0);
+            let ns_owned = setup("e2e-s33", &[&App::http("web")])?;
+            let ns = ns_owned.name.as_str();
+            kubectl(&[
+                "-n",
+                ns,
+                "patch",
+                "service",
+                "web",
+                "-p",
+                r#"{"spec":{"type":"NodePort"}}"#,
+            ])?;
+            wait_mode(ns, "web", Mode::Serve)?;
+            let node_port = kube()?
+                .get::<k8s_openapi::api::core::v1::Service>(ns, "web")?
+                .spec
+                .and_then(|s| s.ports?.first()?.node_port)
+                .context("no nodePort")?;
+            let nodes: Vec<String> = cluster().nodes.iter().map(|n| n.name.clone()).collect();
+            let clients = clients_on(ns, &nodes)?;
+            let ip_url = format!("http://{}/", cluster_ip(ns, "web")?);
+            let dns_url = format!("http://web.{ns}.svc.cluster.local/");
+            // Idle by the trigger's reading, whatever the streams do: scaled down after 6 s
+            // of readiness, woken by the held requests, and down again, for 60 s.
+            apply_es(ns, &idle_after(App::http("web").elastiservice(), &url, 6))?;
+            let mut streams = Vec::new();
+            for (i, pod) in clients.iter().enumerate() {
+                let u = if i % 2 == 0 {
+                    ip_url.clone()
+                } else {
+                    dns_url.clone()
+                };
+                let (ns, pod) = (ns.to_string(), pod.clone());
+                streams.push((
+                    format!("{pod} {u}"),
+                    std::thread::spawn(move || stream_from_pod(&ns, &pod, &u, 240, 250, 120)),
+                ));
+            }
+            for n in &cluster().nodes {
+                let to = format!("{}:{node_port}", n.ip);
+                streams.push((
+                    format!("NodePort {to}"),
+                    std::thread::spawn(move || {
+                        (0..120)
+                            .map(|i| {
+                                let r = get_from_netns(&to, "/", Duration::from_secs(120));
+                                std::thread::sleep(Duration::from_millis(500));
+                                match r {
+                                    Ok(r) => format!("{i} {}", r.lines().next().unwrap_or("")),
+                                    Err(e) => format!("{i} error: {e:#}"),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    }),
+                ));
+            }
+            let mut failed = Vec::new();
+            let mut total = 0;
+            for (what, s) in streams {
+                let lines = s.join().map_err(|_| anyhow::anyhow!("thread"))?;
+                total += lines.len();
+                let bad: Vec<&String> = lines
+                    .iter()
+                    .filter(|l| !l.contains(" HTTP/1.1 200"))
+                    .collect();
+                if !bad.is_empty() {
+                    failed.push(format!("{what}: {} failed, first {:?}", bad.len(), bad[0]));
+                }
+            }
+            let downs = kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "events.events.k8s.io",
+                "-o",
+                r#"jsonpath={range .items[?(@.reason=="ScaledToZero")]}{.note}{"\n"}{end}"#,
+            ])?;
+            eprintln!(
+                "{total} requests; scale-downs during them: {}",
+                downs.lines().count()
+            );
+            ensure!(failed.is_empty(), "{failed:?}");
+            ensure!(!downs.trim().is_empty(), "the target was never scaled down");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_34_enabled_period_keeps_a_target_up_outside_its_window() {
+    scenario(
+        34,
+        "enabledPeriod (Asia/Tokyo) closed now: an idle target stays up; open: it sleeps",
+        || {
+            let (_prom, url) = prometheus_here(0.0);
+            let ns_owned = setup("e2e-s34", &[&App::http("web"), &App::http("api")])?;
+            let ns = ns_owned.name.as_str();
+            let tokyo_hour = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                / 3600
+                + 9
+                + 12)
+                % 24;
+            let mut closed = idle_after(App::http("web").elastiservice(), &url, 0);
+            closed.spec.enabled_period = Some(elasti_api::EnabledPeriod {
+                schedule: format!("0 {tokyo_hour} * * *"),
+                duration: "30m".into(),
+                time_zone: Some("Asia/Tokyo".into()),
+            });
+            let mut open = idle_after(App::http("api").elastiservice(), &url, 0);
+            open.spec.enabled_period = Some(elasti_api::EnabledPeriod {
+                schedule: "0 0 * * *".into(),
+                duration: "24h".into(),
+                time_zone: Some("Asia/Tokyo".into()),
+            });
+            apply_es(ns, &closed)?;
+            apply_es(ns, &open)?;
+            wait_replicas(ns, Kind::Deployment, "api", 0, Duration::from_secs(60))?;
+            std::thread::sleep(Duration::from_secs(10));
+            ensure!(
+                replicas(ns, Kind::Deployment, "web") == 1,
+                "scaled down outside its window"
+            );
+            let c = condition(ns, "web", "ScaleToZeroAllowed").context("no condition")?;
+            eprintln!("web: {} {}: {}", c.status, c.reason, c.message);
+            ensure!(c.reason == "OutsideEnabledPeriod", "{c:?}");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_35_waking_one_member_of_a_group_wakes_the_other() {
+    scenario(
+        35,
+        "wakeWith: a request to api at zero wakes db too, in parallel",
+        || {
+            let api = App::http("api");
+            let db = App::http("db");
+            let ns_owned = setup("e2e-s35", &[&api, &db])?;
+            let ns = ns_owned.name.as_str();
+            let mut es = api.elastiservice();
+            es.spec.wake_with = vec!["db".into()];
+            apply_es(ns, &es)?;
+            wait_mode(ns, "api", Mode::Serve)?;
+            wait_mode(ns, "db", Mode::Serve)?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "api")?;
+            scale_to_zero_and_wait_held(ns, Kind::Deployment, "db")?;
+            let target = addr(&cluster_ip(ns, "api")?, 80)?;
+            let _cg = InPodsCgroup::enter("s35")?;
+            let start = Instant::now();
+            let a = block_on(client::get(target, "/"))?;
+            ensure!(a.status == 200 && a.body.starts_with("pod=api-"), "{a:?}");
+            wait_replicas(ns, Kind::Deployment, "db", 1, Duration::from_secs(10))?;
+            wait_mode(ns, "db", Mode::Serve)?;
+            eprintln!(
+                "api answered and db serving {:?} after the request",
+                start.elapsed()
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_36_an_activity_trigger_sleeps_an_idle_service_and_not_one_with_an_open_websocket() {
+    scenario(
+        36,
+        "type: activity, no Prometheus anywhere: idle service to 0 after its cooldown, one with an open websocket stays up",
+        || {
+            let ns_owned = setup("e2e-s36", &[&App::http("idle"), &App::http("ws")])?;
+            let ns = ns_owned.name.as_str();
+            for name in ["idle", "ws"] {
+                let mut es = App::http(name).elastiservice();
+                es.spec.cooldown_period = 8;
+                es.spec.triggers = vec![elasti_api::ScaleTrigger {
+                    kind: elasti_api::TriggerType::Activity,
+                    metadata: None,
+                }];
+                apply_es(ns, &es)?;
+                wait_mode(ns, name, Mode::Serve)?;
+            }
+            let ws = addr(&cluster_ip(ns, "ws")?, 80)?;
+            let _cg = InPodsCgroup::enter("s36")?;
+            let start = Instant::now();
+            // One websocket held open for 30 s, one message every 5 s.
+            let held = std::thread::spawn(move || {
+                block_on(async move {
+                    let mut c = client::Websocket::connect(ws, "/ws").await?;
+                    for i in 0..6 {
+                        c.echo(&format!("m{i}")).await?;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    Ok::<_, anyhow::Error>(())
+                })
+            });
+            wait_replicas(ns, Kind::Deployment, "idle", 0, Duration::from_secs(60))?;
+            eprintln!(
+                "idle service scaled to zero {:?} after the start",
+                start.elapsed()
+            );
+            held.join().map_err(|_| anyhow::anyhow!("thread"))??;
+            ensure!(
+                replicas(ns, Kind::Deployment, "ws") == 1,
+                "scaled down with a websocket open"
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_37_a_one_gigabyte_prometheus_answer_leaves_the_operator_up() {
+    scenario(
+        37,
+        "a trigger whose server answers 1 GiB: the operator stays up and says only that it could not read it",
+        || {
+            let hostile = elasti_e2e::operator::HostileServer::start_on("0.0.0.0:0", 1 << 30);
+            let url = hostile.url_at(&cluster().home().ip);
+            let ns_owned = setup("e2e-s37", &[&App::http("web")])?;
+            let ns = ns_owned.name.as_str();
+            let restarts = operator_restarts()?;
+            apply_es(ns, &idle_after(App::http("web").elastiservice(), &url, 0))?;
+            wait_until("the trigger read", Duration::from_secs(60), || {
+                condition(ns, "web", "ScaledToZero").filter(|c| c.reason == "PrometheusUnavailable")
+            })?;
+            std::thread::sleep(Duration::from_secs(15));
+            let c = condition(ns, "web", "ScaledToZero").context("no condition")?;
+            let sent = hostile.sent.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!("the server sent {sent} bytes; condition: {}", c.message);
+            ensure!(
+                c.message.len() < 1024 && !c.message.contains("AAAA"),
+                "{}",
+                c.message.len()
+            );
+            ensure!(operator_restarts()? == restarts, "an operator restarted");
+            ensure!(
+                replicas(ns, Kind::Deployment, "web") == 1,
+                "unreadable: nothing scaled"
+            );
+            Ok(())
+        },
+    );
+}

@@ -9,7 +9,10 @@ use std::{
 
 use elasti_api::{AutoscalerSpec, AutoscalerType, ElastiService};
 use elasti_e2e::{
-    operator::{FakePrometheus, PromAnswer, RunningOperator, strip_finalizers},
+    operator::{
+        FakePrometheus, PromAnswer, RunningOperator, agent_token, quiet_chart_operator,
+        strip_finalizers,
+    },
     *,
 };
 
@@ -72,13 +75,16 @@ impl Drop for Scoped<'_> {
 }
 
 fn start(ns: &str, extra: &[&str]) -> RunningOperator {
+    quiet_chart_operator();
     // One replica per test unless the test elects a leader itself.
     let elect = extra.iter().any(|a| a.starts_with("--leader-elect"));
     let mut args = vec![
-        "--poll-interval-secs=2".to_string(),
         format!("--watch-namespaces={ns}"),
         format!("--agent-namespace={ns}"),
     ];
+    if !extra.iter().any(|a| a.starts_with("--poll-interval-secs")) {
+        args.push("--poll-interval-secs=2".into());
+    }
     if !elect {
         args.push("--leader-elect=false".into());
     }
@@ -591,5 +597,707 @@ fn keda_is_paused_at_zero_and_resumed_and_an_hpa_does_not_fight() -> anyhow::Res
     // ...and does not block the scale-up either.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(replicas(ns, "web"), "1");
+    Ok(())
+}
+
+// ---- Issue 14 and 15: the operator's side ----
+
+/// A pod that plays an agent on `node` (its IP and node are what the fallback slice
+/// lists), Ready.
+fn fake_agent(ns: &str, name: &str, node: Option<&str>) -> anyhow::Result<String> {
+    deploy_client(ns, name, node, false)?;
+    kubectl(&[
+        "-n",
+        ns,
+        "label",
+        "pod",
+        name,
+        "app.kubernetes.io/name=elasti-agent",
+    ])?;
+    Ok(jsonpath(ns, &format!("pod/{name}"), "{.spec.nodeName}"))
+}
+
+fn the<'a>(op: &'a Scoped<'_>) -> &'a RunningOperator {
+    op.operator
+        .as_ref()
+        .unwrap_or_else(|| unreachable!("started"))
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn a_slow_start_is_not_scaled_away_while_it_is_held() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-slow")?;
+    let ns = ns_owned.name.as_str();
+    deploy(
+        ns,
+        &App::http("web").replicas(0).env("READY_AFTER_MS", "8000"),
+    )?;
+    let token = agent_token(ns)?;
+    let prom = FakePrometheus::start(PromAnswer::Value(0.0));
+    let op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    apply_es(ns, &with_prometheus(es_for("web"), &prom.url(), 5))?;
+    wait_for(
+        ns,
+        "elastiservice/web",
+        "{.status.mode}",
+        "proxy",
+        Duration::from_secs(30),
+    )?;
+    let o = the(&op);
+    let start = Instant::now();
+    anyhow::ensure!(o.wake_service(&token, ns, "web")? == 202, "first wake");
+    // As an agent holding a request does: a wake every 2 s until a pod is Ready.
+    let mut last_wake = Instant::now();
+    let ready_at = loop {
+        if !ready_pods(ns, "web")?.is_empty() {
+            break start.elapsed();
+        }
+        anyhow::ensure!(
+            replicas(ns, "web") != "0",
+            "scaled to zero {:?} after the wake, before any pod was Ready",
+            start.elapsed()
+        );
+        if last_wake.elapsed() >= Duration::from_secs(2) {
+            o.wake_service(&token, ns, "web")?;
+            last_wake = Instant::now();
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "no pod Ready in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Ready: scaled down only after a whole cooldown of readiness.
+    wait_for(
+        ns,
+        "deployment/web",
+        "{.spec.replicas}",
+        "0",
+        Duration::from_secs(60),
+    )?;
+    let down_at = start.elapsed();
+    eprintln!("wake → Ready {ready_at:?}, wake → scaled down {down_at:?} (cooldown 5 s)");
+    anyhow::ensure!(
+        down_at >= ready_at + Duration::from_secs(5),
+        "scaled down {down_at:?} after the wake, Ready at {ready_at:?}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn fallback_slices_name_each_agents_node_and_lose_a_dead_agent_within_seconds() -> anyhow::Result<()>
+{
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-agents")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("web").replicas(0))?;
+    let nodes: Vec<String> = cluster().nodes.iter().map(|n| n.name.clone()).collect();
+    let node_a = fake_agent(ns, "agent-a", nodes.first().map(String::as_str))?;
+    let node_b = fake_agent(ns, "agent-b", nodes.last().map(String::as_str))?;
+    // A long poll: only a watch of the agent pods can notice one going.
+    let _op = Scoped {
+        operator: Some(start(ns, &["--poll-interval-secs=120"])),
+        namespaces: vec![ns],
+    };
+    apply_es(ns, &es_for("web"))?;
+    let slice = "endpointslice/web-elasti-ipv4";
+    let listed = || jsonpath(ns, slice, "{.endpoints[*].nodeName}");
+    wait_until("both agents listed", Duration::from_secs(30), || {
+        (jsonpath(ns, slice, "{.endpoints[*].addresses[0]}")
+            .split(' ')
+            .count()
+            == 2)
+            .then_some(())
+    })?;
+    let names = listed();
+    anyhow::ensure!(
+        names.contains(&node_a) && names.contains(&node_b),
+        "nodeNames {names:?}, agents on {node_a} and {node_b}"
+    );
+    let gone = Instant::now();
+    kubectl(&["-n", ns, "delete", "pod", "agent-b", "--wait=false"])?;
+    wait_until(
+        "agent-b gone from the slice",
+        Duration::from_secs(30),
+        || {
+            (jsonpath(ns, slice, "{.endpoints[*].addresses[0]}")
+                .split(' ')
+                .count()
+                == 1)
+                .then_some(())
+        },
+    )?;
+    let took = gone.elapsed();
+    eprintln!("a deleted agent left the fallback slice after {took:?}");
+    anyhow::ensure!(took < Duration::from_secs(5), "took {took:?}");
+    Ok(())
+}
+
+fn es_yaml(name: &str, extra: &str, target: &str) -> String {
+    format!(
+        "apiVersion: elasti.truefoundry.com/v1alpha1\nkind: ElastiService\nmetadata: {{name: {name}}}\nspec:\n  service: {name}\n  scaleTargetRef: {target}\n{extra}"
+    )
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn admission_refuses_a_huge_minimum_and_mismatched_kinds() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-admit")?;
+    let ns = ns_owned.name.as_str();
+    let deployment = "{apiVersion: apps/v1, kind: Deployment, name: web}";
+    apply(ns, &es_yaml("ok", "  minTargetReplicas: 3\n", deployment))?;
+    for (what, manifest) in [
+        (
+            "minTargetReplicas 1,000,000",
+            es_yaml("big", "  minTargetReplicas: 1000000\n", deployment),
+        ),
+        (
+            "apps/v1 Rollout",
+            es_yaml("r", "", "{apiVersion: apps/v1, kind: Rollout, name: web}"),
+        ),
+        (
+            "argoproj.io Deployment",
+            es_yaml(
+                "d",
+                "",
+                "{apiVersion: argoproj.io/v1alpha1, kind: Deployment, name: web}",
+            ),
+        ),
+        (
+            "argoproj.io StatefulSet",
+            es_yaml(
+                "s",
+                "",
+                "{apiVersion: argoproj.io/v1alpha1, kind: StatefulSet, name: web}",
+            ),
+        ),
+    ] {
+        let r = apply(ns, &manifest);
+        anyhow::ensure!(r.is_err(), "{what} was admitted");
+        eprintln!("{what}: {:#}", r.err().unwrap_or_else(|| unreachable!()));
+    }
+    // KubeElasti's legacy spellings stay admitted.
+    apply(
+        ns,
+        &es_yaml(
+            "legacy",
+            "",
+            "{apiVersion: argoproj.io/v1alpha1, kind: rollouts, name: web}",
+        ),
+    )?;
+    apply(
+        ns,
+        &es_yaml(
+            "legacy2",
+            "",
+            "{apiVersion: apps/v1, kind: deployments, name: web}",
+        ),
+    )?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn a_second_elastiservice_on_a_service_or_target_is_a_conflict_left_alone() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-conflict")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("web"))?;
+    deploy(ns, &App::http("api"))?;
+    let _op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    apply_es(ns, &es_for("web"))?;
+    wait_for(
+        ns,
+        "elastiservice/web",
+        "{.status.mode}",
+        "serve",
+        Duration::from_secs(60),
+    )?;
+    // The same Service, another target; and another Service, the same target.
+    let mut same_service = es_for("api");
+    same_service.metadata.name = Some("web-again".into());
+    same_service.spec.service = "web".into();
+    apply_es(ns, &same_service)?;
+    let mut same_target = es_for("api");
+    same_target.spec.scale_target_ref.name = "web".into();
+    apply_es(ns, &same_target)?;
+    for name in ["web-again", "api"] {
+        wait_until(&format!("{name} Conflict"), Duration::from_secs(30), || {
+            (condition(ns, name, "Conflict", "status") == "True").then_some(())
+        })?;
+        let ports = es(ns, name).and_then(|e| e.status).map(|s| s.proxy_ports);
+        anyhow::ensure!(
+            ports.as_ref().is_some_and(Vec::is_empty),
+            "{name} was given proxy ports: {ports:?}"
+        );
+        eprintln!("{name}: {}", condition(ns, name, "Conflict", "message"));
+    }
+    anyhow::ensure!(
+        condition(ns, "web", "Ready", "status") == "True"
+            && condition(ns, "web", "Conflict", "status") != "True",
+        "the first one stays managed"
+    );
+    // Left alone: a manual scale to zero of `api`'s own Deployment is not touched by it.
+    anyhow::ensure!(replicas(ns, "api") == "1");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn headless_and_external_name_services_are_refused_with_a_condition() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-headless")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("web").replicas(0))?;
+    deploy(ns, &App::http("web2").replicas(0))?;
+    apply(
+        ns,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: hl}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  type: ExternalName\n  externalName: example.invalid\n",
+    )?;
+    let _op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    // Each with a target of its own: two on one target would be a conflict.
+    for (svc, target) in [("hl", "web"), ("ext", "web2")] {
+        let mut es = es_for(target);
+        es.metadata.name = Some(svc.into());
+        es.spec.service = svc.into();
+        apply_es(ns, &es)?;
+    }
+    for svc in ["hl", "ext"] {
+        wait_until(&format!("{svc} refused"), Duration::from_secs(30), || {
+            (condition(ns, svc, "Ready", "status") == "False"
+                && condition(ns, svc, "Ready", "reason") == "ServiceNotSupported")
+                .then_some(())
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: Ready {} {}",
+                condition(ns, svc, "Ready", "reason"),
+                condition(ns, svc, "Ready", "message")
+            )
+        })?;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let slices = kubectl(&["-n", ns, "get", "endpointslices", "-o", "name"])?;
+    anyhow::ensure!(!slices.contains("elasti"), "fallback slices: {slices}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn a_missing_scaled_object_is_nothing_to_pause_and_its_namespace_is_deleted() -> anyhow::Result<()>
+{
+    require_cluster();
+    install_crd()?;
+    apply("default", SCALED_OBJECT_CRD)?;
+    let ns_owned = TempNamespace::create("op-nokeda")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("web").replicas(0))?;
+    let token = agent_token(ns)?;
+    let op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    let mut es = es_for("web");
+    es.spec.autoscaler = Some(AutoscalerSpec {
+        kind: AutoscalerType::Keda,
+        name: "never-made".into(),
+    });
+    apply_es(ns, &es)?;
+    wait_for(
+        ns,
+        "elastiservice/web",
+        "{.status.mode}",
+        "proxy",
+        Duration::from_secs(30),
+    )?;
+    let code = the(&op).wake_service(&token, ns, "web")?;
+    anyhow::ensure!(code == 202, "wake answered {code}");
+    anyhow::ensure!(replicas(ns, "web") == "1", "scaled up");
+    // Back at zero, the namespace goes: the finalizer completes.
+    kubectl(&["-n", ns, "scale", "deployment/web", "--replicas=0"])?;
+    wait_for(
+        ns,
+        "elastiservice/web",
+        "{.status.mode}",
+        "proxy",
+        Duration::from_secs(30),
+    )?;
+    let deleting = Instant::now();
+    kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+    wait_until("the namespace gone", Duration::from_secs(90), || {
+        kubectl(&["get", "namespace", ns]).is_err().then_some(())
+    })?;
+    eprintln!("namespace deleted in {:?}", deleting.elapsed());
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn a_failed_scale_up_says_why_in_its_event_and_the_ready_condition() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-fail")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("web").replicas(0))?;
+    let token = agent_token(ns)?;
+    // Every /scale write in this namespace refused by an admission policy.
+    let policy = format!("elasti-test-lock-{ns}");
+    apply(
+        "default",
+        &format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {policy}}}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}\n    resourceRules:\n    - {{apiGroups: [apps], apiVersions: [v1], operations: [UPDATE], resources: [deployments/scale]}}\n  validations:\n  - {{expression: 'false', message: scaling is locked by the test}}\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {policy}}}\nspec: {{policyName: {policy}, validationActions: [Deny]}}\n"
+        ),
+    )?;
+    let unlock = || {
+        let _ = kubectl(&[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &policy,
+        ]);
+    };
+    wait_until("the policy in force", Duration::from_secs(30), || {
+        kubectl(&["-n", ns, "scale", "deployment/web", "--replicas=0"])
+            .err()
+            .filter(|e| e.to_string().contains("locked"))
+    })
+    .inspect_err(|_| unlock())?;
+    let op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    apply_es(ns, &es_for("web"))?;
+    wait_for(
+        ns,
+        "elastiservice/web",
+        "{.status.mode}",
+        "proxy",
+        Duration::from_secs(30),
+    )
+    .inspect_err(|_| unlock())?;
+    let code = the(&op).wake_service(&token, ns, "web");
+    let result = (|| {
+        let code = code?;
+        anyhow::ensure!(code == 503, "wake answered {code}");
+        let notes = kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "events.events.k8s.io",
+            "-o",
+            r#"jsonpath={range .items[?(@.reason=="ScaleUpFailed")]}{.note}{"\n"}{end}"#,
+        ])?;
+        anyhow::ensure!(
+            notes.contains("scaling is locked by the test"),
+            "the event gives no cause: {notes:?}"
+        );
+        wait_until("Ready False", Duration::from_secs(20), || {
+            (condition(ns, "web", "Ready", "status") == "False").then_some(())
+        })?;
+        let msg = condition(ns, "web", "Ready", "message");
+        anyhow::ensure!(
+            msg.contains("scaling is locked by the test"),
+            "Ready {}: {msg}",
+            condition(ns, "web", "Ready", "reason")
+        );
+        eprintln!("event: {}\nReady: {msg}", notes.trim());
+        Ok(())
+    })();
+    unlock();
+    result
+}
+
+/// A cron schedule that fires once a day, twelve hours from now (UTC): its 1-minute
+/// window is closed now.
+fn closed_window() -> elasti_api::EnabledPeriod {
+    let hour = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        / 3600
+        + 12)
+        % 24;
+    elasti_api::EnabledPeriod {
+        schedule: format!("0 {hour} * * *"),
+        duration: "1m".into(),
+        time_zone: Some("UTC".into()),
+    }
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn enabled_period_keeps_a_target_up_outside_its_window_and_wakes_it() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-window")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("up"))?;
+    deploy(ns, &App::http("down").replicas(0))?;
+    deploy(ns, &App::http("bad"))?;
+    deploy(ns, &App::http("open"))?;
+    let prom = FakePrometheus::start(PromAnswer::Value(0.0));
+    let _op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    for (name, period) in [
+        ("up", Some(closed_window())),
+        ("down", Some(closed_window())),
+        (
+            "bad",
+            Some(elasti_api::EnabledPeriod {
+                schedule: "99 * * * *".into(),
+                ..Default::default()
+            }),
+        ),
+        ("open", None),
+    ] {
+        let mut es = with_prometheus(es_for(name), &prom.url(), 0);
+        es.spec.enabled_period = period;
+        apply_es(ns, &es)?;
+    }
+    // Always enabled: scaled down at once (the control).
+    wait_for(
+        ns,
+        "deployment/open",
+        "{.spec.replicas}",
+        "0",
+        Duration::from_secs(30),
+    )?;
+    // Outside its window, at zero: woken to minTargetReplicas.
+    wait_for(
+        ns,
+        "deployment/down",
+        "{.spec.replicas}",
+        "1",
+        Duration::from_secs(30),
+    )?;
+    std::thread::sleep(Duration::from_secs(6));
+    anyhow::ensure!(replicas(ns, "up") == "1", "scaled down outside its window");
+    anyhow::ensure!(
+        replicas(ns, "bad") == "1",
+        "an invalid schedule scaled down"
+    );
+    for (name, reason) in [("up", "OutsideEnabledPeriod"), ("bad", "InvalidSchedule")] {
+        let got = condition(ns, name, "ScaleToZeroAllowed", "reason");
+        anyhow::ensure!(got == reason, "{name}: {got:?}");
+        eprintln!(
+            "{name}: {}",
+            condition(ns, name, "ScaleToZeroAllowed", "message")
+        );
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn waking_one_member_wakes_the_others_and_a_woken_member_outlives_its_waker() -> anyhow::Result<()>
+{
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-group")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("api").replicas(0))?;
+    deploy(ns, &App::http("db").replicas(0))?;
+    let token = agent_token(ns)?;
+    let prom = FakePrometheus::start(PromAnswer::Value(0.0));
+    let op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    let mut api = with_prometheus(es_for("api"), &prom.url(), 4);
+    api.spec.wake_with = vec!["db".into()];
+    apply_es(ns, &api)?;
+    // db's own cooldown is shorter: it would sleep first if nothing stopped it.
+    apply_es(ns, &with_prometheus(es_for("db"), &prom.url(), 1))?;
+    wait_for(
+        ns,
+        "elastiservice/db",
+        "{.status.mode}",
+        "proxy",
+        Duration::from_secs(30),
+    )?;
+    let woke = Instant::now();
+    anyhow::ensure!(the(&op).wake_service(&token, ns, "api")? == 202);
+    wait_for(
+        ns,
+        "deployment/db",
+        "{.spec.replicas}",
+        "1",
+        Duration::from_secs(10),
+    )?;
+    eprintln!("db woken {:?} after api's wake", woke.elapsed());
+    // Both idle: db never sleeps while api is up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, d) = (replicas(ns, "api"), replicas(ns, "db"));
+        anyhow::ensure!(!(a == "1" && d == "0"), "db at zero while api is up");
+        if a == "0" && d == "0" {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "api {a}, db {d} after 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn report(
+    node: &str,
+    ns: &str,
+    service: &str,
+    connects: u64,
+    open: u64,
+    intercepting: bool,
+) -> elasti_api::report::AgentReport {
+    elasti_api::report::AgentReport {
+        node: node.into(),
+        incarnation: "test-1".into(),
+        services: vec![elasti_api::report::ServiceReport {
+            namespace: ns.into(),
+            service: service.into(),
+            connects,
+            open,
+            intercepting,
+        }],
+    }
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn activity_reports_keep_a_service_up_while_a_connection_is_open() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-activity")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("web"))?;
+    let node = fake_agent(ns, "agent", None)?;
+    let token = agent_token(ns)?;
+    let op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    let mut es = cooldown(es_for("web"), 4);
+    es.spec.triggers = vec![elasti_api::ScaleTrigger {
+        kind: elasti_api::TriggerType::Activity,
+        metadata: None,
+    }];
+    apply_es(ns, &es)?;
+    // One connection, open for 12 s (three cooldowns): reported each second.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        let code = the(&op).report(&token, &report(&node, ns, "web", 1, 1, false))?;
+        anyhow::ensure!(code == 202, "report answered {code}");
+        anyhow::ensure!(
+            replicas(ns, "web") == "1",
+            "scaled down with a connection open"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Closed, and no new connect: idle after the cooldown.
+    let closed = Instant::now();
+    loop {
+        the(&op).report(&token, &report(&node, ns, "web", 1, 0, false))?;
+        if replicas(ns, "web") == "0" {
+            break;
+        }
+        anyhow::ensure!(
+            closed.elapsed() < Duration::from_secs(30),
+            "not idle 30 s after the connection closed: {}",
+            condition(ns, "web", "ScaledToZero", "message")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let took = closed.elapsed();
+    eprintln!("last connection closed → scaled to zero: {took:?} (cooldown 4 s)");
+    anyhow::ensure!(
+        took >= Duration::from_secs(4),
+        "before the cooldown: {took:?}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn scale_down_patches_scale_only_once_every_agent_intercepts() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-twophase")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("web"))?;
+    let node = fake_agent(ns, "agent", None)?;
+    let token = agent_token(ns)?;
+    let prom = FakePrometheus::start(PromAnswer::Value(0.0));
+    let op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    apply_es(ns, &with_prometheus(es_for("web"), &prom.url(), 2))?;
+    // No report: the decision is announced, and /scale waits out the timeout (5 s).
+    wait_until("ScaleDownPending", Duration::from_secs(30), || {
+        (condition(ns, "web", "ScaleDownPending", "status") == "True").then_some(())
+    })?;
+    let pending = Instant::now();
+    anyhow::ensure!(
+        jsonpath(
+            ns,
+            "endpointslice/web-elasti-ipv4",
+            "{.endpoints[0].nodeName}"
+        ) == node,
+        "the fallback slice is published before the scale-down"
+    );
+    wait_for(
+        ns,
+        "deployment/web",
+        "{.spec.replicas}",
+        "0",
+        Duration::from_secs(20),
+    )?;
+    let waited = pending.elapsed();
+    eprintln!("no report: /scale patched {waited:?} after ScaleDownPending");
+    anyhow::ensure!(waited >= Duration::from_secs(4), "did not wait: {waited:?}");
+    wait_until("ScaleDownPending False", Duration::from_secs(30), || {
+        (condition(ns, "web", "ScaleDownPending", "status") == "False").then_some(())
+    })?;
+    anyhow::ensure!(
+        the(&op)
+            .metrics()
+            .contains("elasti_operator_intercept_timeouts_total"),
+        "the timeout is counted"
+    );
+
+    // Up again; this time the agent reports that it intercepts.
+    kubectl(&["-n", ns, "scale", "deployment/web", "--replicas=1"])?;
+    wait_until("ScaleDownPending again", Duration::from_secs(60), || {
+        (condition(ns, "web", "ScaleDownPending", "status") == "True").then_some(())
+    })?;
+    let code = the(&op).report(&token, &report(&node, ns, "web", 0, 0, true))?;
+    anyhow::ensure!(code == 202, "report answered {code}");
+    let reported = Instant::now();
+    wait_for(
+        ns,
+        "deployment/web",
+        "{.spec.replicas}",
+        "0",
+        Duration::from_secs(10),
+    )?;
+    let took = reported.elapsed();
+    eprintln!("intercepting reported → /scale patched: {took:?}");
+    anyhow::ensure!(took < Duration::from_secs(2), "took {took:?}");
     Ok(())
 }

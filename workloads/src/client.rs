@@ -125,6 +125,32 @@ pub async fn websocket_echo(addr: SocketAddr, message: &str) -> Result<String> {
     Ok(reply.into_text()?.to_string())
 }
 
+/// A websocket to the workload's echo, kept open between messages (a connection that
+/// stays open for as long as its user wants).
+pub struct Websocket {
+    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+}
+
+impl Websocket {
+    /// Opens `ws://addr/path`.
+    pub async fn connect(addr: SocketAddr, path: &str) -> Result<Self> {
+        let stream = connect(addr).await?;
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), stream).await?;
+        Ok(Self { ws })
+    }
+
+    /// Sends `message` and returns the echo.
+    pub async fn echo(&mut self, message: &str) -> Result<String> {
+        self.ws.send(message.into()).await?;
+        let reply = self
+            .ws
+            .next()
+            .await
+            .ok_or(Error::Closed("a websocket frame"))??;
+        Ok(reply.into_text()?.to_string())
+    }
+}
+
 /// gRPC over h2c: `/elasti.test.Echo/ServerStream` with `repeat` copies of "hello".
 /// Whether the frames came back whole, and the `grpc-status` trailer.
 pub async fn grpc_server_stream(addr: SocketAddr, repeat: usize) -> Result<(bool, Option<String>)> {

@@ -1,59 +1,73 @@
-//! The fallback EndpointSlice (design §2.4): while a Service is in proxy mode, a slice of
-//! its own whose endpoints are the agents' node IPs at the allocated proxy ports. kube-proxy
-//! then sends NodePort traffic and connects from outside the intercepted cgroups to an
-//! agent, and ingress controllers that dial endpoints find one. Removed in serve mode.
-use std::{collections::BTreeMap, net::IpAddr};
+//! The fallback EndpointSlices: while a Service is in proxy mode (or a scale-down is
+//! pending), slices of its own whose endpoints are the Ready agents at the allocated proxy
+//! ports. kube-proxy then sends NodePort traffic and connects from outside the
+//! intercepted cgroups to an agent, and ingress controllers that dial endpoints find one.
+//!
+//! Every endpoint names its node and zone, so `externalTrafficPolicy: Local` and
+//! `internalTrafficPolicy: Local` keep the node's own agent. Slices hold at most
+//! [`MAX_ENDPOINTS`] endpoints each, as the EndpointSlice controller shards them (the API
+//! refuses more than 1,000).
+use std::collections::BTreeMap;
 
 use elasti_api::{
     ElastiService, ProxyPort,
     endpoints::SERVICE_NAME_LABEL,
     fallback::{MANAGED_BY, MANAGED_BY_LABEL},
 };
-use k8s_openapi::api::{
-    core::v1::Pod,
-    discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams},
 };
 
+use super::agents::AgentEndpoint;
+
 /// The field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "elasti-operator";
+/// Endpoints per slice: the EndpointSlice controller's default `--max-endpoints-per-slice`.
+pub const MAX_ENDPOINTS: usize = 100;
 
-/// Where the agents run.
-#[derive(Clone, Debug)]
-pub struct Agents {
-    pub namespace: String,
-    /// Label selector of the agent pods.
-    pub selector: String,
+/// The first shard keeps the unsuffixed name of the one slice elasti used to publish, so
+/// an upgrade replaces it in place.
+fn slice_name(service: &str, family: &str, shard: usize) -> String {
+    match shard {
+        0 => format!("{service}-elasti-{family}"),
+        n => format!("{service}-elasti-{family}-{n}"),
+    }
 }
 
-fn slice_name(service: &str, family: &str) -> String {
-    format!("{service}-elasti-{family}")
-}
-
-/// The fallback slices for `service` (one per address family present). Pure.
+/// The fallback slices for `service`: per address family present, shards of at most
+/// [`MAX_ENDPOINTS`] agents in node order. Pure.
 pub fn desired(
     es: &ElastiService,
     service: &str,
     ports: &[ProxyPort],
-    agent_ips: &[IpAddr],
+    agents: &[AgentEndpoint],
 ) -> Vec<EndpointSlice> {
     let owner = es.controller_owner_ref(&());
-    let mut by_family: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for ip in agent_ips {
-        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-        by_family.entry(family).or_default().push(ip.to_string());
+    let mut by_family: BTreeMap<&str, Vec<&AgentEndpoint>> = BTreeMap::new();
+    for a in agents {
+        let family = if a.ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        by_family.entry(family).or_default().push(a);
     }
-    by_family
-        .into_iter()
-        .map(|(family, mut ips)| {
-            ips.sort();
-            ips.dedup();
-            EndpointSlice {
+    let endpoint_ports: Vec<EndpointPort> = ports
+        .iter()
+        .map(|p| EndpointPort {
+            // kube-proxy matches slice ports to Service ports by name.
+            name: Some(p.name.clone()),
+            port: Some(p.proxy_port),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (family, mut members) in by_family {
+        members.sort();
+        members.dedup_by(|a, b| a.ip == b.ip);
+        for (shard, chunk) in members.chunks(MAX_ENDPOINTS).enumerate() {
+            out.push(EndpointSlice {
                 metadata: ObjectMeta {
-                    name: Some(slice_name(service, &family.to_ascii_lowercase())),
+                    name: Some(slice_name(service, &family.to_ascii_lowercase(), shard)),
                     namespace: es.namespace(),
                     labels: Some(
                         [
@@ -66,52 +80,25 @@ pub fn desired(
                     ..Default::default()
                 },
                 address_type: family.into(),
-                endpoints: ips
-                    .into_iter()
-                    .map(|ip| Endpoint {
-                        addresses: vec![ip],
+                endpoints: chunk
+                    .iter()
+                    .map(|a| Endpoint {
+                        addresses: vec![a.ip.to_string()],
                         conditions: Some(EndpointConditions {
                             ready: Some(true),
                             serving: Some(true),
                             terminating: Some(false),
                         }),
+                        node_name: Some(a.node.clone()),
+                        zone: a.zone.clone(),
                         ..Default::default()
                     })
                     .collect(),
-                ports: Some(
-                    ports
-                        .iter()
-                        .map(|p| EndpointPort {
-                            // kube-proxy matches slice ports to Service ports by name.
-                            name: Some(p.name.clone()),
-                            port: Some(p.proxy_port),
-                            protocol: Some("TCP".into()),
-                            app_protocol: None,
-                        })
-                        .collect(),
-                ),
-            }
-        })
-        .collect()
-}
-
-/// The node IPs of the Ready agent pods (they run on the host network).
-pub async fn agent_ips(client: &Client, agents: &Agents) -> Result<Vec<IpAddr>, kube::Error> {
-    let pods = Api::<Pod>::namespaced(client.clone(), &agents.namespace)
-        .list(&ListParams::default().labels(&agents.selector))
-        .await?;
-    Ok(pods
-        .items
-        .iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .flat_map(|p| p.status.iter().flat_map(|s| s.pod_ips.iter().flatten()))
-        .filter_map(|ip| ip.ip.parse().ok())
-        .collect())
+                ports: Some(endpoint_ports.clone()),
+            });
+        }
+    }
+    out
 }
 
 /// Makes the fallback slices of `service` exactly `want` (none outside proxy mode).
@@ -153,12 +140,13 @@ pub async fn sync(
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use elasti_api::ElastiServiceSpec;
 
     use super::*;
 
-    #[test]
-    fn one_slice_per_family_named_for_the_service_ports() {
+    fn web() -> ElastiService {
         let mut es = ElastiService::new(
             "web",
             serde_json::from_value::<ElastiServiceSpec>(serde_json::json!({
@@ -169,25 +157,44 @@ mod tests {
         );
         es.metadata.namespace = Some("ns".into());
         es.metadata.uid = Some("u".into());
-        let ports = [ProxyPort {
+        es
+    }
+
+    fn port() -> Vec<ProxyPort> {
+        vec![ProxyPort {
             name: "http".into(),
             port: 80,
             protocol: "TCP".into(),
             proxy_port: 24000,
-        }];
-        let ips: Vec<IpAddr> = ["10.0.0.2", "fd00::2", "10.0.0.1", "10.0.0.2"]
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        let slices = desired(&es, "web", &ports, &ips);
+        }]
+    }
+
+    fn agent(node: &str, ip: &str) -> AgentEndpoint {
+        AgentEndpoint {
+            node: node.into(),
+            ip: ip.parse().unwrap_or_else(|e| panic!("{e}")),
+            zone: Some(format!("zone-of-{node}")),
+        }
+    }
+
+    #[test]
+    fn one_slice_per_family_named_for_the_service_ports() {
+        let agents = [
+            agent("n2", "10.0.0.2"),
+            agent("n3", "fd00::2"),
+            agent("n1", "10.0.0.1"),
+            agent("n2", "10.0.0.2"),
+        ];
+        let slices = desired(&web(), "web", &port(), &agents);
         assert_eq!(slices.len(), 2);
         let v4 = &slices[0];
         assert_eq!(v4.address_type, "IPv4");
+        assert_eq!(v4.metadata.name.as_deref(), Some("web-elasti-ipv4"));
         assert_eq!(v4.endpoints.len(), 2, "deduplicated");
         assert!(elasti_api::fallback::is_fallback_slice(v4));
-        let port = &v4.ports.as_ref().map(|p| p[0].clone()).unwrap_or_default();
+        let first = &v4.ports.as_ref().map(|p| p[0].clone()).unwrap_or_default();
         assert_eq!(
-            (port.name.as_deref(), port.port),
+            (first.name.as_deref(), first.port),
             (Some("http"), Some(24000))
         );
         assert_eq!(
@@ -197,6 +204,52 @@ mod tests {
                 .map(|o| o[0].name.clone()),
             Some("web".to_string())
         );
-        assert!(desired(&es, "web", &ports, &[]).is_empty());
+        assert!(desired(&web(), "web", &port(), &[]).is_empty());
+    }
+
+    /// Issue 14 item 5: `externalTrafficPolicy: Local` keeps only endpoints whose nodeName is
+    /// the node; without it NodePort traffic at zero is dropped.
+    #[test]
+    fn every_endpoint_names_its_node() {
+        let slices = desired(
+            &web(),
+            "web",
+            &port(),
+            &[agent("n1", "10.0.0.1"), agent("n2", "10.0.0.2")],
+        );
+        let e = &slices[0].endpoints;
+        assert_eq!(e[0].node_name.as_deref(), Some("n1"));
+        assert_eq!(e[1].node_name.as_deref(), Some("n2"));
+        assert_eq!(e[1].zone.as_deref(), Some("zone-of-n2"));
+    }
+
+    /// Issue 14 item 5: a slice holds at most 1,000 endpoints; the EndpointSlice controller
+    /// shards at 100.
+    #[test]
+    fn slices_are_sharded_at_one_hundred_endpoints() {
+        let agents: Vec<AgentEndpoint> = (0..250u32)
+            .map(|i| AgentEndpoint {
+                node: format!("node-{i:03}"),
+                ip: IpAddr::from([10, 1, (i / 256) as u8, (i % 256) as u8]),
+                zone: None,
+            })
+            .collect();
+        let slices = desired(&web(), "web", &port(), &agents);
+        assert_eq!(
+            slices.len(),
+            3,
+            "one slice of {}",
+            slices[0].endpoints.len()
+        );
+        assert!(slices.iter().all(|s| s.endpoints.len() <= MAX_ENDPOINTS));
+        let names: Vec<_> = slices
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["web-elasti-ipv4", "web-elasti-ipv4-1", "web-elasti-ipv4-2"]
+        );
+        assert_eq!(slices[2].endpoints.len(), 50);
     }
 }

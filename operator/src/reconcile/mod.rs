@@ -1,21 +1,38 @@
-//! The ElastiService controller: each object is reconciled on its own requeue timer.
+//! The ElastiService controller: each object is reconciled on its own requeue timer (and
+//! at once when its Service, its EndpointSlices, the agents or the agents' reports
+//! change), in three steps:
 //!
-//! Apply: allocate proxy ports, read the target's replicas and the Service's Ready
-//! endpoints (mode), publish or remove the fallback slice, decide whether to scale
-//! ([`crate::scale::verdict`]), and record why in the status conditions.
+//! - [`observe`]: the reads;
+//! - [`decide`]: a pure function from what was observed and the time to everything to
+//!   write;
+//! - [`act`]: the writes, each on its own.
+//!
+//! [`agents`] and [`fallback`] are the agents the fallback slices list and the slices.
 //! Cleanup (finalizer): scale a target left at zero back up, remove what elasti created,
-//! release the ports.
+//! release the ports; it always completes.
+pub mod act;
+pub mod agents;
+pub mod decide;
 pub mod fallback;
+pub mod observe;
 
-use std::{sync::Arc, sync::Mutex, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use elasti_api::{ElastiService, FINALIZER, Mode, ProxyPort, endpoints};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Node, Pod, Service},
+    api::discovery::v1::EndpointSlice,
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
 use kube::{
     Api, Client, ResourceExt,
-    api::ListParams,
+    core::PartialObjectMeta,
     runtime::{
         Controller,
         controller::Action,
@@ -25,17 +42,17 @@ use kube::{
         watcher,
     },
 };
+use tracing::Instrument;
 
 pub use elasti_runtime::DisplayChain;
 
 use crate::{
-    metrics::{Metrics, ReconcileResult},
-    ports::{PortBook, ServicePort},
-    scale::{
-        Scaler, target,
-        verdict::{self, Idleness, Inputs, Reason, Step, Verdict},
-    },
+    fence::{Fence, Fenced},
+    metrics::Metrics,
+    ports::PortBook,
+    scale::{self, Scaler, target},
     status,
+    term::Leader,
     triggers::Prometheus,
 };
 
@@ -44,11 +61,8 @@ use crate::{
 /// runs one reconcile per object at a time: one stalled call would freeze that object's
 /// mode and scaling. Past this, the reconcile is abandoned and retried.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Added to a verdict's recheck time (a cooldown's end) before requeueing, so the timer
-/// does not fire a hair early and find the cooldown still pending. Small, because the
-/// scale-down at the cooldown's end waits for it.
-const RECHECK_MARGIN: Duration = Duration::from_millis(10);
+/// How soon a failed reconcile is retried.
+const RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,13 +75,37 @@ pub enum Error {
     },
     /// Scaling the target failed.
     #[error(transparent)]
-    Scale(#[from] crate::scale::Error),
+    Scale(#[from] scale::Error),
     /// Adding or removing the finalizer failed.
     #[error("finalizer")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// The reconcile did not finish within [`RECONCILE_TIMEOUT`]; it is retried.
     #[error("reconcile took longer than {0:?}")]
     TimedOut(Duration),
+    /// This replica stopped leading: the reconcile was dropped.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+    /// The proxy-port book's lock was poisoned by a panic.
+    #[error("the proxy-port book is unusable")]
+    PortBook,
+}
+
+impl Error {
+    /// The `error` label of the reconcile-error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Api { .. } => "api",
+            Self::Scale(_) => "scale",
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+            Self::TimedOut(_) => "timeout",
+            Self::Fenced(_) => "fenced",
+            Self::PortBook => "port_book",
+        }
+    }
 }
 
 fn api_err(what: &'static str) -> impl FnOnce(kube::Error) -> Error {
@@ -81,7 +119,34 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// `WATCH_NAMESPACES`; `None` for all.
     pub namespaces: Option<Vec<String>>,
-    pub agents: fallback::Agents,
+    /// How long a scale-down waits for every Ready agent to report intercepting.
+    pub intercept_timeout: Duration,
+    /// How long the finalizer tries to scale a target back up before it lets go.
+    pub cleanup_deadline: Duration,
+}
+
+/// The agent pods and the nodes' zones, as watched.
+#[derive(Clone)]
+pub struct AgentsView {
+    pub pods: Store<Pod>,
+    pub nodes: Store<PartialObjectMeta<Node>>,
+}
+
+impl AgentsView {
+    /// The Ready agents now.
+    pub fn ready(&self) -> Vec<agents::AgentEndpoint> {
+        let zones: BTreeMap<String, String> = self
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| {
+                let zone = n.labels().get(agents::ZONE_LABEL)?.clone();
+                Some((n.name_any(), zone))
+            })
+            .collect();
+        let pods = self.pods.state();
+        agents::ready_agents(pods.iter().map(|p| p.as_ref()), &zones)
+    }
 }
 
 pub struct Context {
@@ -91,6 +156,11 @@ pub struct Context {
     pub ports: Mutex<PortBook>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// Every in-scope ElastiService.
+    pub store: Store<ElastiService>,
+    pub agents: AgentsView,
+    pub leader: Leader,
+    pub fence: Fence,
 }
 
 impl Context {
@@ -102,14 +172,15 @@ impl Context {
     }
 }
 
-/// Runs the controller until `stop` resolves. `store` (every in-scope ElastiService) maps
-/// Service and EndpointSlice changes to the ElastiServices that name them.
+/// Runs the controller until `stop` resolves; reconciles under way then are dropped.
+/// `pokes` asks for reconciles now (the agents' reports, the agents, the group).
 pub async fn run(
     ctx: Arc<Context>,
-    store: Store<ElastiService>,
+    pokes: impl Stream<Item = ObjectRef<ElastiService>> + Send + 'static,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
+    let store = ctx.store.clone();
     let naming = move |namespace: Option<String>, service: Option<String>| {
         let (Some(ns), Some(svc)) = (namespace, service) else {
             return Vec::new();
@@ -125,7 +196,7 @@ pub async fn run(
     };
     let by_service = naming.clone();
     let by_slice = naming;
-    Controller::new(
+    let controller = Controller::new(
         Api::<ElastiService>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -142,7 +213,7 @@ pub async fn run(
             by_slice(slice.namespace(), service)
         },
     )
-    .graceful_shutdown_on(stop)
+    .reconcile_on(pokes)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
         use kube::runtime::controller::Error as ControllerError;
@@ -157,243 +228,73 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %DisplayChain(&e), "controller stream error"),
             Ok(_) => {}
         }
-    })
-    .await;
+    });
+    // Dropping the controller drops the reconciles under way: a deposed leader stops
+    // mid-reconcile rather than finishing writes its successor may contradict.
+    tokio::select! {
+        () = controller => {}
+        () = stop => {}
+    }
 }
 
 async fn reconcile(es: Arc<ElastiService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = es.namespace().unwrap_or_default();
-    if !ctx.in_scope(&ns) {
-        return Ok(Action::await_change());
-    }
-    let api: Api<ElastiService> = Api::namespaced(ctx.client.clone(), &ns);
-    let reconciled = finalizer(&api, FINALIZER, es, |event| async {
-        match event {
-            Finalizer::Apply(es) => apply(&es, &ctx).await,
-            Finalizer::Cleanup(es) => cleanup(&es, &ctx).await,
+    let span = tracing::info_span!("reconcile", namespace = %ns, elastiservice = %es.name_any());
+    async move {
+        if !ctx.in_scope(&ns) {
+            return Ok(Action::await_change());
         }
-    });
-    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, reconciled).await {
-        Ok(r) => r.map_err(|e| Error::Finalizer(Box::new(e))),
-        Err(_) => Err(Error::TimedOut(RECONCILE_TIMEOUT)),
-    };
-    ctx.metrics.reconciled(if result.is_ok() {
-        ReconcileResult::Ok
-    } else {
-        ReconcileResult::Error
-    });
-    result
+        let started = Instant::now();
+        let api: Api<ElastiService> = Api::namespaced(ctx.client.clone(), &ns);
+        let reconciled = finalizer(&api, FINALIZER, es, |event| async {
+            match event {
+                Finalizer::Apply(es) => apply(&es, &ctx).await,
+                Finalizer::Cleanup(es) => cleanup(&es, &ctx).await,
+            }
+        });
+        let result = match ctx
+            .fence
+            .guard(tokio::time::timeout(RECONCILE_TIMEOUT, reconciled))
+            .await
+        {
+            Ok(Ok(r)) => r.map_err(|e| Error::Finalizer(Box::new(e))),
+            Ok(Err(_)) => Err(Error::TimedOut(RECONCILE_TIMEOUT)),
+            Err(fenced) => Err(fenced.into()),
+        };
+        ctx.metrics.reconcile_done(
+            started.elapsed(),
+            result.as_ref().err().map(Error::metric_label),
+        );
+        result
+    }
+    .instrument(span)
+    .await
 }
 
 fn error_policy(es: Arc<ElastiService>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::Fenced(_)) {
+        return Action::await_change();
+    }
     tracing::warn!(
         namespace = %es.namespace().unwrap_or_default(),
         elastiservice = %es.name_any(),
         error = %DisplayChain(error),
-        "reconcile failed; retrying in 5s"
+        "reconcile failed; retrying in {RETRY:?}"
     );
-    Action::requeue(Duration::from_secs(5))
-}
-
-/// The TCP ports of a Service, as proxy-port requests.
-pub fn tcp_ports(svc: &Service) -> Vec<ServicePort> {
-    svc.spec
-        .iter()
-        .flat_map(|s| s.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .map(|p| ServicePort {
-            name: p.name.clone().unwrap_or_default(),
-            port: p.port,
-        })
-        .collect()
-}
-
-/// What one reconcile found, written to the status.
-struct Observed {
-    mode: Option<Mode>,
-    proxy_ports: Vec<ProxyPort>,
-    conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    Action::requeue(RETRY)
 }
 
 async fn apply(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
-    let (ns, name) = (es.namespace().unwrap_or_default(), es.name_any());
-    let now = Timestamp::now();
-    let generation = es.metadata.generation;
-    let old = es.status.clone().unwrap_or_default();
-    let mut seen = Observed {
-        mode: old.mode,
-        proxy_ports: old.proxy_ports.clone(),
-        conditions: old.conditions.clone(),
-    };
-    let poll = ctx.settings.poll_interval;
-    let not_ready = |seen: &mut Observed, reason: &str, message: String| {
-        status::set_condition(
-            &mut seen.conditions,
-            status::condition(status::READY, false, reason, message, generation, now),
-        );
-    };
+    let observed = observe::observe(es, ctx).await?;
+    let plan = decide::decide(es, &observed);
+    act::act(es, plan, ctx).await
+}
 
-    let svc = Api::<Service>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&es.spec.service)
-        .await
-        .map_err(api_err("reading the Service"))?;
-    let Some(svc) = svc else {
-        let msg = format!("Service {ns}/{} not found", es.spec.service);
-        not_ready(&mut seen, "ServiceNotFound", msg.clone());
-        ctx.scaler
-            .event(es, EventType::Warning, "ServiceNotFound", msg)
-            .await;
-        write_status(ctx, es, &old, seen, now).await?;
-        return Ok(Action::requeue(poll));
-    };
-
-    let owner = (ns.clone(), name.clone());
-    let allocated = ctx.ports.lock().map_err(|_| ()).and_then(|mut book| {
-        let r = book.allocate(&owner, &tcp_ports(&svc));
-        ctx.metrics.proxy_ports.set(book.allocated() as i64);
-        r.map_err(|e| {
-            tracing::error!(namespace = %ns, elastiservice = %name, error = %e, "no proxy port");
-        })
-    });
-    match allocated {
-        Ok(ports) => seen.proxy_ports = ports,
-        Err(()) => {
-            let msg = "the proxy-port range is exhausted".to_string();
-            not_ready(&mut seen, "ProxyPortsExhausted", msg.clone());
-            ctx.scaler
-                .event(es, EventType::Warning, "ProxyPortsExhausted", msg)
-                .await;
-            write_status(ctx, es, &old, seen, now).await?;
-            return Ok(Action::requeue(poll));
-        }
-    }
-
-    let target = &es.spec.scale_target_ref;
-    let replicas = match ctx.scaler.targets.replicas(&ns, target).await {
-        Ok(r) => r,
-        Err(e @ (target::Error::NotFound { .. } | target::Error::KindNotServed { .. })) => {
-            let msg = DisplayChain(&e).to_string();
-            not_ready(
-                &mut seen,
-                elasti_api::conditions::TARGET_NOT_FOUND,
-                msg.clone(),
-            );
-            ctx.scaler
-                .event(es, EventType::Warning, "TargetNotFound", msg)
-                .await;
-            write_status(ctx, es, &old, seen, now).await?;
-            return Ok(Action::requeue(poll));
-        }
-        Err(e) => return Err(crate::scale::Error::Target(e).into()),
-    };
-
-    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!(
-            "{}={}",
-            endpoints::SERVICE_NAME_LABEL,
-            es.spec.service
-        )))
-        .await
-        .map_err(api_err("listing EndpointSlices"))?;
-    let pods_slices: Vec<&EndpointSlice> = slices
-        .items
-        .iter()
-        .filter(|s| endpoints::belongs_to(s, &ns, &es.spec.service))
-        .collect();
-    let ready = seen
-        .proxy_ports
-        .iter()
-        .any(|p| !endpoints::ready_endpoints(pods_slices.iter().copied(), &p.name).is_empty());
-    let mode = if ready { Mode::Serve } else { Mode::Proxy };
-    seen.mode = Some(mode);
-
-    let want = if mode == Mode::Proxy {
-        let ips = fallback::agent_ips(&ctx.client, &ctx.settings.agents)
-            .await
-            .map_err(api_err("listing agent pods"))?;
-        fallback::desired(es, &es.spec.service, &seen.proxy_ports, &ips)
-    } else {
-        Vec::new()
-    };
-    fallback::sync(&ctx.client, &ns, &es.spec.service, want)
-        .await
-        .map_err(api_err("syncing the fallback EndpointSlice"))?;
-
-    status::set_condition(
-        &mut seen.conditions,
-        status::condition(
-            status::READY,
-            true,
-            "Managed",
-            format!(
-                "{} proxy port(s); {} {} at {replicas} replica(s)",
-                seen.proxy_ports.len(),
-                target.kind.as_str(),
-                target.name
-            ),
-            generation,
-            now,
-        ),
-    );
-
-    let inputs = Inputs {
-        now,
-        created: es.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        last_scaled_up: old.last_scaled_up_time.as_ref().map(|t| t.0),
-        cooldown: Duration::from_secs(u64::try_from(es.spec.cooldown_period).unwrap_or(0)),
-        replicas,
-        has_triggers: !es.spec.triggers.is_empty(),
-    };
-    let verdict = match verdict::first_step(&inputs) {
-        Step::Decided(v) => v,
-        Step::ReadTriggers => {
-            let reading = ctx.prometheus.idleness(&es.spec.triggers).await;
-            ctx.metrics.trigger_read(match reading {
-                Idleness::Idle => "idle",
-                Idleness::Busy { .. } => "busy",
-                Idleness::Unknown { .. } => "unknown",
-            });
-            verdict::with_idleness(&inputs, reading)
-        }
-    };
-    let mut requeue = poll;
-    let scaled_to_zero = |ok: bool, reason: &str, msg: String| {
-        status::condition(status::SCALED_TO_ZERO, ok, reason, msg, generation, now)
-    };
-    let condition = match verdict {
-        Verdict::ScaleDown => {
-            ctx.scaler
-                .down(es, "every trigger under its threshold after the cooldown")
-                .await?;
-            scaled_to_zero(
-                true,
-                Reason::ScaledToZero.as_str(),
-                "every trigger was under its threshold after the cooldown".into(),
-            )
-        }
-        Verdict::ScaleUp { detail } => {
-            ctx.scaler.up(es, "trigger").await?;
-            scaled_to_zero(false, Reason::TrafficAboveThreshold.as_str(), detail)
-        }
-        Verdict::Stay {
-            reason,
-            detail,
-            recheck,
-        } => {
-            if let Some(r) = recheck {
-                requeue = requeue.min(r + RECHECK_MARGIN);
-            }
-            if reason == Reason::PrometheusUnavailable {
-                ctx.scaler
-                    .event(es, EventType::Warning, reason.as_str(), detail.clone())
-                    .await;
-            }
-            scaled_to_zero(reason == Reason::ScaledToZero, reason.as_str(), detail)
-        }
-    };
-    status::set_condition(&mut seen.conditions, condition);
-    write_status(ctx, es, &old, seen, now).await?;
-    Ok(Action::requeue(requeue))
+/// The status fields a reconcile writes.
+pub struct StatusUpdate {
+    pub mode: Option<Mode>,
+    pub proxy_ports: Vec<ProxyPort>,
+    pub conditions: Vec<Condition>,
 }
 
 /// Writes what changed. `lastReconciledTime` alone does not count as a change unless it
@@ -402,16 +303,16 @@ async fn apply(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
 async fn write_status(
     ctx: &Context,
     es: &ElastiService,
-    old: &elasti_api::ElastiServiceStatus,
-    seen: Observed,
+    new: StatusUpdate,
     now: Timestamp,
 ) -> Result<(), Error> {
+    let old = es.status.clone().unwrap_or_default();
     let stale = old.last_reconciled_time.as_ref().is_none_or(|t| {
         now.duration_since(t.0).as_secs() >= ctx.settings.poll_interval.as_secs() as i64
     });
-    let changed = old.mode != seen.mode
-        || old.proxy_ports != seen.proxy_ports
-        || old.conditions != seen.conditions
+    let changed = old.mode != new.mode
+        || old.proxy_ports != new.proxy_ports
+        || old.conditions != new.conditions
         || old.observed_generation != es.metadata.generation;
     if !changed && !stale {
         return Ok(());
@@ -420,9 +321,9 @@ async fn write_status(
         &ctx.client,
         es,
         serde_json::json!({
-            "mode": seen.mode,
-            "proxyPorts": seen.proxy_ports,
-            "conditions": seen.conditions,
+            "mode": new.mode,
+            "proxyPorts": new.proxy_ports,
+            "conditions": new.conditions,
             "observedGeneration": es.metadata.generation,
             "lastReconciledTime": now,
         }),
@@ -431,22 +332,62 @@ async fn write_status(
     .map_err(api_err("writing status"))
 }
 
+/// Whether `namespace` is being deleted (then nothing in it needs scaling back up).
+async fn namespace_terminating(client: &Client, namespace: &str) -> bool {
+    match Api::<Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await
+    {
+        Ok(Some(ns)) => ns.metadata.deletion_timestamp.is_some(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+/// The finalizer. It always completes: a target that cannot be scaled back up within the
+/// cleanup deadline (or whose namespace is going away) is let go with a warning event,
+/// and the fallback slices go with their owner anyway.
 async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = (es.namespace().unwrap_or_default(), es.name_any());
+    let now = Timestamp::now();
+    let deleting_for = es
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(Duration::ZERO, |t| {
+            Duration::try_from(now.duration_since(t.0)).unwrap_or(Duration::ZERO)
+        });
+    let give_up = deleting_for >= ctx.settings.cleanup_deadline
+        || namespace_terminating(&ctx.client, &ns).await;
+    ctx.fence.check()?;
     // A target left at zero goes back to minTargetReplicas; `up` leaves one that has
     // replicas alone, and a target that is gone needs nothing.
     match ctx.scaler.up(es, "delete").await {
         Ok(_)
-        | Err(crate::scale::Error::Target(
+        | Err(scale::Error::Target(
             target::Error::NotFound { .. } | target::Error::KindNotServed { .. },
         )) => {}
+        Err(e) if give_up => {
+            let msg = format!(
+                "deleted without scaling the target back up: {}",
+                DisplayChain(&e)
+            );
+            tracing::warn!(namespace = %ns, elastiservice = %name, "{msg}");
+            ctx.scaler
+                .event(es, EventType::Warning, "CleanupIncomplete", msg)
+                .await;
+        }
         Err(e) => return Err(e.into()),
     }
-    fallback::sync(&ctx.client, &ns, &es.spec.service, Vec::new())
-        .await
-        .map_err(api_err("removing the fallback EndpointSlice"))?;
+    ctx.fence.check()?;
+    if let Err(e) = fallback::sync(&ctx.client, &ns, &es.spec.service, Vec::new()).await {
+        if !give_up {
+            return Err(api_err("removing the fallback EndpointSlices")(e));
+        }
+        tracing::warn!(namespace = %ns, elastiservice = %name, error = %DisplayChain(&e), "fallback slices left to the garbage collector");
+    }
     if let Ok(mut book) = ctx.ports.lock() {
-        book.release(&(ns.clone(), name.clone()));
+        book.release(&(ns.clone(), name.clone()), now);
         ctx.metrics.proxy_ports.set(book.allocated() as i64);
     }
     tracing::info!(namespace = %ns, elastiservice = %name, "cleaned up");

@@ -1,6 +1,7 @@
 //! KEDA: a ScaledObject would scale a target straight back up from zero (or down from
 //! `minTargetReplicas`), so it is paused at zero before elasti scales the target down and
-//! un-paused when elasti scales it up again.
+//! un-paused when elasti scales it up again. A ScaledObject that does not exist (deleted,
+//! never made, or KEDA not installed) has nothing to pause: that is not an error.
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
@@ -35,8 +36,15 @@ async fn set(
     value: serde_json::Value,
 ) -> Result<(), kube::Error> {
     let patch = serde_json::json!({ "metadata": { "annotations": { PAUSED_REPLICAS: value } } });
-    scaled_objects(client, namespace)
+    match scaled_objects(client, namespace)
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            tracing::debug!(%namespace, scaled_object = %name, "no such ScaledObject: nothing to pause");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }

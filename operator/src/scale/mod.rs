@@ -3,8 +3,8 @@
 //! - [`verdict`]: whether to sleep, wake or stay (pure).
 //! - [`target`]: replicas through the `/scale` subresource.
 //! - [`keda`]: pausing a ScaledObject around elasti's own scaling.
-//! - [`Scaler`]: the scale-up (from a wake or a trigger) and the scale-down, with their
-//!   events, metrics and status.
+//! - [`Scaler`]: the scale-up (from a wake, a trigger or the schedule, with the group) and
+//!   the scale-down, with their events, metrics and status.
 pub mod keda;
 pub mod target;
 pub mod verdict;
@@ -12,11 +12,14 @@ pub mod verdict;
 use std::{collections::HashSet, sync::Arc, sync::Mutex};
 
 use elasti_api::{AutoscalerType, ElastiService};
+use elasti_runtime::DisplayChain;
 use jiff::Timestamp;
 use kube::{
     Client, Resource, ResourceExt,
     runtime::events::{Event, EventType, Recorder},
 };
+
+pub use verdict::UpCause;
 
 use crate::{metrics::Metrics, ports::Owner, status};
 
@@ -35,6 +38,23 @@ pub enum Error {
     /// `status.lastScaledUpTime` could not be written.
     #[error("writing status")]
     Status(#[source] kube::Error),
+}
+
+/// The Events API refuses a `note` longer than this many bytes.
+pub const MAX_NOTE: usize = 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked with `…` if cut.
+pub fn clip(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
 }
 
 /// What a scale-up did.
@@ -91,7 +111,8 @@ impl Scaler {
     }
 
     /// Scales the target from zero to `minTargetReplicas` (idempotent, deduplicated per
-    /// ElastiService), un-pausing KEDA first and recording `lastScaledUpTime`.
+    /// ElastiService), un-pausing KEDA first and recording `lastScaledUpTime`. `cause`
+    /// (`wake`, `trigger`, `schedule`, `group`, `delete`) labels the metric and the event.
     pub async fn up(&self, es: &ElastiService, cause: &str) -> Result<ScaleUp, Error> {
         let key = owner(es);
         let first = self
@@ -140,6 +161,37 @@ impl Scaler {
         Ok(ScaleUp::Scaled { to })
     }
 
+    /// [`Scaler::up`] of `es` and, in parallel, of the group `members` its wake reaches.
+    /// A member that fails gets a `ScaleUpFailed` event with the cause chain; the result is
+    /// `es`'s own, and how many members failed.
+    pub async fn up_with(
+        &self,
+        es: &ElastiService,
+        members: &[Arc<ElastiService>],
+        cause: &str,
+    ) -> (Result<ScaleUp, Error>, usize) {
+        let own = self.up(es, cause);
+        let others = futures::future::join_all(members.iter().map(|m| async move {
+            let r = self.up(m, "group").await;
+            if let Err(e) = &r {
+                self.event(
+                    m,
+                    EventType::Warning,
+                    "ScaleUpFailed",
+                    format!(
+                        "woken with {}: scaling up failed: {}",
+                        es.name_any(),
+                        DisplayChain(e)
+                    ),
+                )
+                .await;
+            }
+            r.is_err()
+        }));
+        let (own, others) = futures::join!(own, others);
+        (own, others.into_iter().filter(|f| *f).count())
+    }
+
     /// Scales the target to zero, pausing KEDA first.
     pub async fn down(&self, es: &ElastiService, why: &str) -> Result<(), Error> {
         let (ns, name) = owner(es);
@@ -169,17 +221,30 @@ impl Scaler {
         Ok(())
     }
 
-    /// Publishes an event on `es`; a failure to publish is logged, never fatal.
+    /// Publishes an event on `es`; a failure to publish is logged, never fatal. The note
+    /// is cut to the Events API's limit (a cause chain can be longer).
     pub async fn event(&self, es: &ElastiService, type_: EventType, reason: &str, note: String) {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(clip(note, MAX_NOTE)),
             action: reason.into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &es.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "publishing event failed");
+            tracing::warn!(error = %DisplayChain(&e), reason, "publishing event failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_notes_are_cut_on_a_character_boundary() {
+        assert_eq!(clip("short".into(), 10), "short");
+        let cut = clip("é".repeat(1000), MAX_NOTE);
+        assert!(cut.len() <= MAX_NOTE && cut.ends_with('…'), "{}", cut.len());
     }
 }

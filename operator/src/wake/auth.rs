@@ -1,22 +1,46 @@
-//! Who may call `/v1/wake`: the bearer token must be a projected ServiceAccount token of
-//! audience `elasti-operator` (checked with TokenReview) belonging to the agent's
-//! ServiceAccount. Answers are cached briefly, so a burst of wakes costs one review.
+//! Who may call the wake server: the bearer token must be a projected ServiceAccount token
+//! of audience `elasti-operator` belonging to the agent's ServiceAccount.
+//!
+//! In order, each step cheaper than the next:
+//! 1. an accepted token answered from the cache (agents send the same token for an hour);
+//! 2. the claims read locally ([`super::precheck`]): garbage, another audience or an
+//!    expired token is refused without asking the apiserver;
+//! 3. a refusal from the cache;
+//! 4. a TokenReview, at most [`REVIEWS_PER_SECOND`] per client address (burst
+//!    [`REVIEW_BURST`]): one pod cannot make the operator flood the apiserver.
+//!
+//! Accepted and refused tokens are cached apart, so a flood of refused tokens never
+//! evicts an agent's accepted one. Tokens are kept as keyed hashes, not in clear.
 use std::{
     collections::HashMap,
+    hash::BuildHasher,
+    net::IpAddr,
+    num::NonZeroU32,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use elasti_api::wake::AUDIENCE;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, Client, api::PostParams};
+
+use super::precheck;
 
 /// How long an accepted token stays accepted without a new review.
 const ALLOWED_TTL: Duration = Duration::from_secs(60);
 /// How long a refused token stays refused (short: it may be a fresh token not yet valid).
 const REFUSED_TTL: Duration = Duration::from_secs(5);
-/// Bound on cached tokens; the cache is emptied beyond it.
-const MAX_CACHED: usize = 1024;
+/// Accepted tokens cached: one or two per agent (a token and its rotation), so this many
+/// nodes' worth. Past it, a new one is still accepted, only not cached.
+const MAX_ALLOWED: usize = 16_384;
+/// Refused tokens cached; past it the refused cache is emptied (never the accepted one).
+const MAX_REFUSED: usize = 4096;
+/// TokenReviews per second one client address may cause. An agent needs one per token
+/// rotation; a restarting fleet a few.
+pub const REVIEWS_PER_SECOND: u32 = 5;
+/// How many TokenReviews one client address may cause at once.
+pub const REVIEW_BURST: u32 = 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -28,34 +52,71 @@ pub enum Verdict {
     Forbidden(String),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client caused more TokenReviews than its share; it may retry shortly.
+    #[error("too many token reviews from {0}")]
+    RateLimited(IpAddr),
+    /// The apiserver could not be asked.
+    #[error("TokenReview")]
+    Review(#[source] kube::Error),
+}
+
 pub struct Authenticator {
     client: Client,
     /// `system:serviceaccount:<namespace>:<name>` of the agent.
     allowed_user: String,
-    cache: Mutex<HashMap<String, (Verdict, Instant)>>,
+    hasher: std::hash::RandomState,
+    allowed: Mutex<HashMap<u64, Instant>>,
+    refused: Mutex<HashMap<u64, (Verdict, Instant)>>,
+    reviews: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 impl Authenticator {
     pub fn new(client: Client, agent_namespace: &str, agent_service_account: &str) -> Self {
+        let per_second = NonZeroU32::new(REVIEWS_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(REVIEW_BURST).unwrap_or(NonZeroU32::MIN);
         Self {
             client,
             allowed_user: format!(
                 "system:serviceaccount:{agent_namespace}:{agent_service_account}"
             ),
-            cache: Mutex::new(HashMap::new()),
+            hasher: std::hash::RandomState::new(),
+            allowed: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            reviews: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
         }
     }
 
-    /// Reviews `token` (or answers from the cache).
+    /// Judges `token`, sent by `peer`.
     ///
     /// # Errors
-    /// When the apiserver could not be asked; the caller answers 503 so the agent retries.
-    pub async fn check(&self, token: &str) -> Result<Verdict, kube::Error> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((verdict, until)) = cache.get(token)
-            && *until > Instant::now()
+    /// [`Error::RateLimited`] (429: retry shortly) or [`Error::Review`] (503: the apiserver
+    /// could not be asked).
+    pub async fn check(&self, token: &str, peer: IpAddr) -> Result<Verdict, Error> {
+        let key = self.hasher.hash_one(token);
+        let now = Instant::now();
+        if self
+            .allowed
+            .lock()
+            .is_ok_and(|c| c.get(&key).is_some_and(|until| *until > now))
+        {
+            return Ok(Verdict::Allowed);
+        }
+        if let Err(why) = precheck::precheck(token, AUDIENCE, jiff::Timestamp::now().as_second()) {
+            return Ok(Verdict::Unauthenticated(why.to_string()));
+        }
+        if let Ok(c) = self.refused.lock()
+            && let Some((verdict, until)) = c.get(&key)
+            && *until > now
         {
             return Ok(verdict.clone());
+        }
+        if self.reviews.check_key(&peer).is_err() {
+            return Err(Error::RateLimited(peer));
+        }
+        if self.reviews.len() > MAX_ALLOWED {
+            self.reviews.retain_recent();
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -66,18 +127,27 @@ impl Authenticator {
         };
         let answer = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
-            .await?;
+            .await
+            .map_err(Error::Review)?;
         let verdict = judge(&answer, &self.allowed_user);
-        let ttl = if verdict == Verdict::Allowed {
-            ALLOWED_TTL
-        } else {
-            REFUSED_TTL
-        };
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
+        let now = Instant::now();
+        if verdict == Verdict::Allowed {
+            if let Ok(mut c) = self.allowed.lock() {
+                if c.len() >= MAX_ALLOWED {
+                    c.retain(|_, until| *until > now);
+                }
+                if c.len() < MAX_ALLOWED {
+                    c.insert(key, now + ALLOWED_TTL);
+                }
             }
-            cache.insert(token.to_string(), (verdict.clone(), Instant::now() + ttl));
+        } else if let Ok(mut c) = self.refused.lock() {
+            if c.len() >= MAX_REFUSED {
+                c.retain(|_, (_, until)| *until > now);
+                if c.len() >= MAX_REFUSED {
+                    c.clear();
+                }
+            }
+            c.insert(key, (verdict.clone(), now + REFUSED_TTL));
         }
         Ok(verdict)
     }

@@ -1,6 +1,11 @@
-//! `POST /v1/wake` (design §2.5): agents ask for a scale-up.
+//! The agents' endpoints: `POST /v1/wake` (`elasti_api::wake`) and `POST /v1/report`
+//! (`elasti_api::report`).
 //!
-//! - [`auth`]: TokenReview of the agent's projected token, cached.
-//! - [`server`]: the HTTP endpoint; 202, 404, 401/403 as the contract says.
+//! - [`precheck`]: a token's claims read locally (pure);
+//! - [`auth`]: the token check, cached and rate-limited per client;
+//! - [`limits`]: connections per client address;
+//! - [`server`]: the HTTP endpoint, bounded.
 pub mod auth;
+pub mod limits;
+pub mod precheck;
 pub mod server;

@@ -1,0 +1,120 @@
+//! The reconcile's writes: the scale, the fallback slices, the events and the status, each
+//! on its own (one that fails does not stop the others), each only while this replica
+//! leads. A failed scale says why in the `Ready` condition and in an event, with its
+//! whole cause chain.
+use std::time::Duration;
+
+use elasti_api::{ElastiService, conditions::READY};
+use elasti_runtime::DisplayChain;
+use jiff::Timestamp;
+use kube::{
+    ResourceExt,
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+};
+
+use super::{
+    Context, Error,
+    decide::{Plan, Scale, Slices},
+    fallback,
+};
+use crate::status;
+
+/// Carries out `plan` for `es`.
+///
+/// # Errors
+/// The first write that failed (the others were still made), or [`Error::Fenced`].
+pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action, Error> {
+    let (ns, name) = (es.namespace().unwrap_or_default(), es.name_any());
+    let now = Timestamp::now();
+    let mut conditions = plan.conditions;
+    let mut failed: Vec<Error> = Vec::new();
+
+    if let Some(scale) = plan.scale {
+        ctx.fence.check()?;
+        let result = match &scale {
+            Scale::Up { cause, members, .. } => {
+                let (me, _) = ctx.scaler.up_with(es, members, cause.as_str()).await;
+                me.map(drop)
+            }
+            Scale::Down => {
+                ctx.scaler
+                    .down(es, "every trigger idle after the cooldown")
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => {
+                if matches!(scale, Scale::Down) {
+                    // Members it kept up may sleep now: look at them at once.
+                    let (_, keeps) = super::observe::group(es, &ctx.store.state());
+                    ctx.leader
+                        .poke(keeps.iter().map(|m| ObjectRef::from_obj(m.as_ref())));
+                }
+            }
+            Err(e) => {
+                let (reason, verb) = match scale {
+                    Scale::Up { .. } => ("ScaleUpFailed", "scaling up"),
+                    Scale::Down => ("ScaleDownFailed", "scaling down"),
+                };
+                let msg = format!("{verb} failed: {}", DisplayChain(&e));
+                ctx.scaler
+                    .event(es, EventType::Warning, reason, msg.clone())
+                    .await;
+                status::set_condition(
+                    &mut conditions,
+                    status::condition(READY, false, reason, msg, es.metadata.generation, now),
+                );
+                failed.push(e.into());
+            }
+        }
+    }
+
+    let slices = match plan.slices {
+        Slices::Publish(s) => Some(s),
+        Slices::Remove => Some(Vec::new()),
+        Slices::Keep => None,
+    };
+    if let Some(want) = slices {
+        ctx.fence.check()?;
+        if let Err(e) = fallback::sync(&ctx.client, &ns, &es.spec.service, want).await {
+            tracing::warn!(error = %DisplayChain(&e), "syncing the fallback slices failed");
+            failed.push(super::api_err("syncing the fallback EndpointSlices")(e));
+        }
+    }
+
+    for note in plan.events {
+        let kind = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.scaler.event(es, kind, note.reason, note.note).await;
+    }
+    if plan.intercept_timed_out {
+        ctx.metrics.intercept_timeouts.inc();
+    }
+    if let Some(took) = plan.woken_in {
+        ctx.metrics.wake_to_ready.observe(took.as_secs_f64());
+    }
+
+    ctx.fence.check()?;
+    if let Err(e) = super::write_status(
+        ctx,
+        es,
+        super::StatusUpdate {
+            mode: plan.mode,
+            proxy_ports: plan.proxy_ports,
+            conditions,
+        },
+        now,
+    )
+    .await
+    {
+        failed.push(e);
+    }
+    tracing::debug!(namespace = %ns, elastiservice = %name, requeue = ?plan.requeue, "reconciled");
+    match failed.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(plan.requeue.max(Duration::from_millis(50)))),
+    }
+}

@@ -1,0 +1,539 @@
+//! The reconcile's decision: from what [`super::observe`] found and the time, everything
+//! to write (status, conditions, fallback slices, a scale, events) and when to look again.
+//! Pure, unit-tested without a cluster.
+//!
+//! **Two-phase scale-down** (`elasti_api::conditions::SCALE_DOWN_PENDING`): when the verdict
+//! says scale down, the first decision only sets `ScaleDownPending` True and publishes the
+//! fallback slices; the agents then steer the Service to themselves. `/scale` is patched to
+//! 0 once every Ready agent reports that it intercepts, or after the intercept timeout
+//! (counted). The condition turns False once the target is at zero with no Ready endpoint,
+//! or when the scale-down is abandoned (a wake, a busy trigger, a closed window).
+use std::{sync::Arc, time::Duration};
+
+use elasti_api::{
+    ElastiService, Mode, ProxyPort,
+    conditions::{
+        CONFLICT, READY, SCALE_DOWN_PENDING, SCALE_TO_ZERO_ALLOWED, SCALED_TO_ZERO, SERVING,
+        TARGET_NOT_FOUND,
+    },
+};
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::discovery::v1::EndpointSlice, apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::ResourceExt;
+
+use super::{agents::AgentEndpoint, fallback};
+use crate::{
+    scale::verdict::{self, Idleness, Inputs, Reason, Step, UpCause, Verdict, Window},
+    status,
+};
+
+/// Added to a recheck time (a cooldown's end) before requeueing, so the timer does not
+/// fire a hair early and find the cooldown still pending. Small, because the scale-down at
+/// the cooldown's end waits for it.
+const RECHECK_MARGIN: Duration = Duration::from_millis(10);
+/// How soon a reconcile whose target could not be read is retried.
+const UNREADABLE_RETRY: Duration = Duration::from_secs(5);
+
+/// The ElastiService's Service, as found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceSeen {
+    Missing,
+    /// Headless or `ExternalName`: nothing for an agent or a fallback slice to stand in
+    /// for (there is no ClusterIP to steer, and kube-proxy programs no rule).
+    NotSupported(String),
+    Found,
+}
+
+/// The target's scale, as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSeen {
+    Replicas(i32),
+    /// The target (or its kind) does not exist: the cause chain.
+    Missing(String),
+    /// Reading it failed (the apiserver, RBAC): the cause chain.
+    Unreadable(String),
+}
+
+/// What one reconcile found.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub now: Timestamp,
+    pub service: ServiceSeen,
+    /// Another ElastiService, created before this one, manages the same Service or target.
+    pub conflict: Option<String>,
+    /// The proxy ports held for the Service, or why there are none (range exhausted).
+    pub ports: Result<Vec<ProxyPort>, String>,
+    pub target: TargetSeen,
+    /// The target has a Ready endpoint.
+    pub ready: bool,
+    /// The Ready agents.
+    pub agents: Vec<AgentEndpoint>,
+    pub window: Window,
+    /// Group members whose wake reaches this one and that are up.
+    pub kept_up_by: Vec<String>,
+    /// Members this one's wake reaches (woken with it).
+    pub wakes: Vec<Arc<ElastiService>>,
+    /// Nodes of Ready agents that do not report steering the Service now.
+    pub not_intercepting: Vec<String>,
+    pub intercept_timeout: Duration,
+    pub poll: Duration,
+    /// The triggers' reading, when the verdict needed it.
+    pub triggers: Option<Idleness>,
+}
+
+/// What to do with the fallback slices.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Slices {
+    /// Make them exactly these.
+    Publish(Vec<EndpointSlice>),
+    /// Remove every one.
+    Remove,
+    /// Leave them as they are (another ElastiService owns the Service's slices, or the
+    /// mode is unknown).
+    Keep,
+}
+
+/// A scale action.
+#[derive(Clone, Debug)]
+pub enum Scale {
+    /// To `minTargetReplicas`, with these members (`wakeWith`) in parallel.
+    Up {
+        cause: UpCause,
+        detail: String,
+        members: Vec<Arc<ElastiService>>,
+    },
+    /// To zero.
+    Down,
+}
+
+/// An event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Everything one reconcile writes.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub mode: Option<Mode>,
+    pub proxy_ports: Vec<ProxyPort>,
+    pub conditions: Vec<Condition>,
+    pub slices: Slices,
+    pub scale: Option<Scale>,
+    pub events: Vec<Note>,
+    pub requeue: Duration,
+    /// The scale-down went ahead without every agent intercepting.
+    pub intercept_timed_out: bool,
+    /// The target became Ready this long after its scale-up from zero.
+    pub woken_in: Option<Duration>,
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
+}
+
+/// Another ElastiService in `all` that came first (creation time, then name) and names
+/// the same Service or the same target as `es`. Pure.
+pub fn conflict(es: &ElastiService, all: &[Arc<ElastiService>]) -> Option<String> {
+    let ns = es.namespace();
+    let key = |e: &ElastiService| (e.metadata.creation_timestamp.clone(), e.name_any());
+    let target = |e: &ElastiService| {
+        (
+            e.spec.scale_target_ref.kind.normalized(),
+            e.spec.scale_target_ref.name.clone(),
+        )
+    };
+    let mut earlier: Vec<&Arc<ElastiService>> = all
+        .iter()
+        .filter(|o| o.namespace() == ns && o.name_any() != es.name_any())
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .filter(|o| key(o) < key(es))
+        .collect();
+    earlier.sort_by_key(|o| key(o));
+    earlier.into_iter().find_map(|o| {
+        if o.spec.service == es.spec.service {
+            Some(format!(
+                "ElastiService {} already manages Service {}",
+                o.name_any(),
+                es.spec.service
+            ))
+        } else if target(o) == target(es) {
+            Some(format!(
+                "ElastiService {} already manages {} {}",
+                o.name_any(),
+                es.spec.scale_target_ref.kind.as_str(),
+                es.spec.scale_target_ref.name
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+/// The verdict's inputs, once the Service and target are known. `None` before that.
+pub fn inputs(es: &ElastiService, o: &Observed) -> Option<Inputs> {
+    let TargetSeen::Replicas(replicas) = o.target else {
+        return None;
+    };
+    if o.conflict.is_some() || o.service != ServiceSeen::Found || o.ports.is_err() {
+        return None;
+    }
+    let old = es.status.clone().unwrap_or_default();
+    let serving = find(&old.conditions, SERVING).filter(|c| c.status == "True");
+    let ready_since = o
+        .ready
+        .then(|| serving.map_or(o.now, |c| c.last_transition_time.0));
+    Some(Inputs {
+        now: o.now,
+        created: es.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        last_scaled_up: old.last_scaled_up_time.as_ref().map(|t| t.0),
+        last_wake: old.last_wake_time.as_ref().map(|t| t.0),
+        ready_since,
+        cooldown: Duration::from_secs(u64::try_from(es.spec.cooldown_period).unwrap_or(0)),
+        replicas,
+        has_triggers: !es.spec.triggers.is_empty(),
+        window: o.window.clone(),
+        kept_up_by: o.kept_up_by.clone(),
+    })
+}
+
+/// Whether the verdict needs the triggers read.
+pub fn needs_triggers(es: &ElastiService, o: &Observed) -> bool {
+    inputs(es, o).is_some_and(|i| verdict::first_step(&i) == Step::ReadTriggers)
+}
+
+struct Builder<'a> {
+    es: &'a ElastiService,
+    o: &'a Observed,
+    conditions: Vec<Condition>,
+    events: Vec<Note>,
+}
+
+impl Builder<'_> {
+    fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+        status::set_condition(
+            &mut self.conditions,
+            status::condition(
+                type_,
+                ok,
+                reason,
+                message,
+                self.es.metadata.generation,
+                self.o.now,
+            ),
+        );
+    }
+
+    /// An event, published only when the condition `type_` turns to `reason` (so a poll
+    /// does not repeat it).
+    fn event_on_change(&mut self, type_: &str, reason: &'static str, note: String) {
+        let old = self.es.status.as_ref().map(|s| s.conditions.as_slice());
+        let before = old.and_then(|c| find(c, type_)).map(|c| c.reason.as_str());
+        if before != Some(reason) {
+            self.events.push(Note {
+                warning: true,
+                reason,
+                note,
+            });
+        }
+    }
+
+    fn not_ready(mut self, reason: &'static str, message: String, slices: Slices) -> Plan {
+        self.event_on_change(READY, reason, message.clone());
+        self.set(READY, false, reason, message);
+        let old = self.es.status.clone().unwrap_or_default();
+        Plan {
+            mode: old.mode,
+            proxy_ports: match &self.o.ports {
+                Ok(p) if self.o.conflict.is_none() => p.clone(),
+                _ => Vec::new(),
+            },
+            conditions: self.conditions,
+            slices,
+            scale: None,
+            events: self.events,
+            requeue: self.o.poll,
+            intercept_timed_out: false,
+            woken_in: None,
+        }
+    }
+}
+
+/// The decision. Pure.
+pub fn decide(es: &ElastiService, o: &Observed) -> Plan {
+    let old = es.status.clone().unwrap_or_default();
+    let mut b = Builder {
+        es,
+        o,
+        conditions: old.conditions.clone(),
+        events: Vec::new(),
+    };
+    if let Some(other) = &o.conflict {
+        b.set(CONFLICT, true, "Conflict", other.clone());
+        // Left alone: no ports, no slices (the Service's are the other one's), no scaling.
+        return b.not_ready("Conflict", format!("left alone: {other}"), Slices::Keep);
+    }
+    b.set(CONFLICT, false, "NoConflict", "");
+    match &o.service {
+        ServiceSeen::Missing => {
+            let msg = format!(
+                "Service {}/{} not found",
+                es.namespace().unwrap_or_default(),
+                es.spec.service
+            );
+            return b.not_ready("ServiceNotFound", msg, Slices::Remove);
+        }
+        ServiceSeen::NotSupported(why) => {
+            return b.not_ready("ServiceNotSupported", why.clone(), Slices::Remove);
+        }
+        ServiceSeen::Found => {}
+    }
+    let ports = match &o.ports {
+        Ok(p) => p.clone(),
+        Err(why) => return b.not_ready("ProxyPortsExhausted", why.clone(), Slices::Keep),
+    };
+    let replicas = match &o.target {
+        TargetSeen::Replicas(n) => *n,
+        TargetSeen::Missing(why) => {
+            return b.not_ready(TARGET_NOT_FOUND, why.clone(), Slices::Remove);
+        }
+        TargetSeen::Unreadable(why) => {
+            let mut plan = b.not_ready("TargetUnreadable", why.clone(), Slices::Keep);
+            plan.requeue = UNREADABLE_RETRY;
+            return plan;
+        }
+    };
+    let Some(inp) = inputs(es, o) else {
+        unreachable!("the Service, ports and target are known")
+    };
+    let mode = if o.ready { Mode::Serve } else { Mode::Proxy };
+
+    // Serving, and how long the wake took.
+    let serving = find(&old.conditions, SERVING).filter(|c| c.status == "True");
+    let mut woken_in = None;
+    if o.ready && serving.is_none() {
+        let down_since = find(&old.conditions, SERVING).map(|c| c.last_transition_time.0);
+        if let Some(up) = old.last_scaled_up_time.as_ref().map(|t| t.0)
+            && down_since.is_none_or(|d| up >= d)
+        {
+            let took = elapsed(up, o.now);
+            woken_in = Some(took);
+            b.events.push(Note {
+                warning: false,
+                reason: "WokenUp",
+                note: format!(
+                    "{} {} Ready {:.1}s after its scale-up from zero",
+                    es.spec.scale_target_ref.kind.as_str(),
+                    es.spec.scale_target_ref.name,
+                    took.as_secs_f64()
+                ),
+            });
+        }
+    }
+    if o.ready {
+        b.set(
+            SERVING,
+            true,
+            "EndpointsReady",
+            "the target has a Ready endpoint",
+        );
+    } else {
+        b.set(
+            SERVING,
+            false,
+            "NoReadyEndpoint",
+            "the target has no Ready endpoint",
+        );
+    }
+
+    match &o.window {
+        Window::Always => b.set(SCALE_TO_ZERO_ALLOWED, true, "NoEnabledPeriod", ""),
+        Window::Open { until } => b.set(
+            SCALE_TO_ZERO_ALLOWED,
+            true,
+            "InsideEnabledPeriod",
+            until.map_or(String::new(), |t| format!("until {t}")),
+        ),
+        Window::Closed { opens } => b.set(
+            SCALE_TO_ZERO_ALLOWED,
+            false,
+            "OutsideEnabledPeriod",
+            opens.map_or("kept at minTargetReplicas".into(), |t| {
+                format!("kept at minTargetReplicas until {t}")
+            }),
+        ),
+        Window::Invalid(why) => {
+            let msg = format!("enabledPeriod cannot be read; nothing is scaled down: {why}");
+            b.event_on_change(SCALE_TO_ZERO_ALLOWED, "InvalidSchedule", msg.clone());
+            b.set(SCALE_TO_ZERO_ALLOWED, false, "InvalidSchedule", msg);
+        }
+    }
+
+    let verdict = match verdict::first_step(&inp) {
+        Step::Decided(v) => v,
+        Step::ReadTriggers => match &o.triggers {
+            Some(r) => verdict::with_idleness(&inp, r.clone()),
+            None => Verdict::Stay {
+                reason: Reason::PrometheusUnavailable,
+                detail: "the triggers were not read".into(),
+                recheck: None,
+            },
+        },
+    };
+
+    let pending_since = find(&old.conditions, SCALE_DOWN_PENDING)
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.0);
+    let mut requeue = o.poll;
+    let mut publish = mode == Mode::Proxy;
+    let mut scale = None;
+    let mut intercept_timed_out = false;
+    match verdict {
+        Verdict::ScaleDown => {
+            publish = true;
+            match pending_since {
+                None => {
+                    b.set(
+                        SCALE_DOWN_PENDING,
+                        true,
+                        "Intercepting",
+                        "waiting for every Ready agent to steer the Service before /scale goes to 0",
+                    );
+                    requeue = requeue.min(o.intercept_timeout);
+                }
+                Some(since) => {
+                    let waited = elapsed(since, o.now);
+                    if o.not_intercepting.is_empty() {
+                        scale = Some(Scale::Down);
+                        b.set(
+                            SCALE_DOWN_PENDING,
+                            true,
+                            "ScalingDown",
+                            "every Ready agent intercepts",
+                        );
+                    } else if waited >= o.intercept_timeout {
+                        scale = Some(Scale::Down);
+                        intercept_timed_out = true;
+                        let msg = format!(
+                            "the agents on {} did not report intercepting within {}s; scaling down anyway",
+                            o.not_intercepting.join(", "),
+                            o.intercept_timeout.as_secs()
+                        );
+                        b.events.push(Note {
+                            warning: true,
+                            reason: "InterceptTimeout",
+                            note: msg.clone(),
+                        });
+                        b.set(SCALE_DOWN_PENDING, true, "InterceptTimeout", msg);
+                    } else {
+                        requeue = requeue.min(o.intercept_timeout - waited + RECHECK_MARGIN);
+                    }
+                }
+            }
+            if scale.is_some() {
+                b.set(
+                    SCALED_TO_ZERO,
+                    true,
+                    Reason::ScaledToZero.as_str(),
+                    "every trigger was idle after the cooldown",
+                );
+            } else {
+                b.set(
+                    SCALED_TO_ZERO,
+                    false,
+                    "ScaleDownPending",
+                    "idle: scaling down once the agents intercept",
+                );
+            }
+        }
+        Verdict::ScaleUp { cause, detail } => {
+            if pending_since.is_some() {
+                b.set(SCALE_DOWN_PENDING, false, "Abandoned", detail.clone());
+            }
+            let reason = match cause {
+                UpCause::Trigger => Reason::TrafficAboveThreshold,
+                UpCause::Schedule => Reason::OutsideEnabledPeriod,
+                UpCause::Wake => Reason::AgentHolding,
+            };
+            b.set(SCALED_TO_ZERO, false, reason.as_str(), detail.clone());
+            scale = Some(Scale::Up {
+                cause,
+                detail,
+                members: o.wakes.clone(),
+            });
+        }
+        Verdict::Stay {
+            reason,
+            detail,
+            recheck,
+        } => {
+            if let Some(r) = recheck {
+                requeue = requeue.min(r + RECHECK_MARGIN);
+            }
+            if pending_since.is_some() {
+                if replicas > 0 {
+                    b.set(SCALE_DOWN_PENDING, false, "Abandoned", detail.clone());
+                } else if o.ready {
+                    // At zero, pods still going: the agents keep steering.
+                    publish = true;
+                } else {
+                    b.set(
+                        SCALE_DOWN_PENDING,
+                        false,
+                        "ScaledToZero",
+                        "at zero with no Ready endpoint",
+                    );
+                }
+            }
+            if reason == Reason::PrometheusUnavailable {
+                b.event_on_change(SCALED_TO_ZERO, "PrometheusUnavailable", detail.clone());
+            }
+            b.set(
+                SCALED_TO_ZERO,
+                reason == Reason::ScaledToZero,
+                reason.as_str(),
+                detail,
+            );
+        }
+    }
+
+    let target = &es.spec.scale_target_ref;
+    b.set(
+        READY,
+        true,
+        "Managed",
+        format!(
+            "{} proxy port(s); {} {} at {replicas} replica(s)",
+            ports.len(),
+            target.kind.as_str(),
+            target.name
+        ),
+    );
+    let slices = if publish {
+        Slices::Publish(fallback::desired(es, &es.spec.service, &ports, &o.agents))
+    } else {
+        Slices::Remove
+    };
+    Plan {
+        mode: Some(mode),
+        proxy_ports: ports,
+        conditions: b.conditions,
+        slices,
+        scale,
+        events: b.events,
+        requeue,
+        intercept_timed_out,
+        woken_in,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,322 @@
+//! The decision, without a cluster: fixtures in the `controller-rs` style.
+use std::time::Duration;
+
+use elasti_api::{ElastiServiceSpec, ElastiServiceStatus};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::*;
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn port() -> ProxyPort {
+    ProxyPort {
+        name: "http".into(),
+        port: 80,
+        protocol: "TCP".into(),
+        proxy_port: 24000,
+    }
+}
+
+/// `web`, created at 0, cooldown 60 s, one trigger.
+fn es() -> ElastiService {
+    let mut es = ElastiService::new(
+        "web",
+        serde_json::from_value::<ElastiServiceSpec>(serde_json::json!({
+            "service": "web",
+            "cooldownPeriod": 60,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "triggers": [{"type": "activity"}]
+        }))
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    es.metadata.namespace = Some("ns".into());
+    es.metadata.uid = Some("u".into());
+    es.metadata.generation = Some(1);
+    es.metadata.creation_timestamp = Some(Time(at(0)));
+    es
+}
+
+trait Fixture {
+    fn with_condition(self, type_: &str, ok: bool, reason: &str, since: i64) -> Self;
+    fn scaled_up_at(self, secs: i64) -> Self;
+    fn woken_at(self, secs: i64) -> Self;
+}
+
+impl Fixture for ElastiService {
+    fn with_condition(mut self, type_: &str, ok: bool, reason: &str, since: i64) -> Self {
+        let status = self.status.get_or_insert_with(ElastiServiceStatus::default);
+        status::set_condition(
+            &mut status.conditions,
+            status::condition(type_, ok, reason, "", Some(1), at(since)),
+        );
+        self
+    }
+    fn scaled_up_at(mut self, secs: i64) -> Self {
+        self.status
+            .get_or_insert_with(Default::default)
+            .last_scaled_up_time = Some(Time(at(secs)));
+        self
+    }
+    fn woken_at(mut self, secs: i64) -> Self {
+        self.status
+            .get_or_insert_with(Default::default)
+            .last_wake_time = Some(Time(at(secs)));
+        self
+    }
+}
+
+/// Up (1 replica), Ready since 0, idle, one Ready agent on n1, at 1000 s.
+fn seen() -> Observed {
+    Observed {
+        now: at(1000),
+        service: ServiceSeen::Found,
+        conflict: None,
+        ports: Ok(vec![port()]),
+        target: TargetSeen::Replicas(1),
+        ready: true,
+        agents: vec![AgentEndpoint {
+            node: "n1".into(),
+            ip: [10, 0, 0, 1].into(),
+            zone: None,
+        }],
+        window: Window::Always,
+        kept_up_by: Vec::new(),
+        wakes: Vec::new(),
+        not_intercepting: vec!["n1".into()],
+        intercept_timeout: Duration::from_secs(5),
+        poll: Duration::from_secs(30),
+        triggers: Some(Idleness::Idle),
+    }
+}
+
+/// Ready since long ago.
+fn serving() -> ElastiService {
+    es().with_condition(SERVING, true, "EndpointsReady", 0)
+}
+
+fn cond<'a>(plan: &'a Plan, type_: &str) -> Option<&'a Condition> {
+    plan.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn state(plan: &Plan, type_: &str) -> (String, String) {
+    cond(plan, type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
+
+fn published(plan: &Plan) -> usize {
+    match &plan.slices {
+        Slices::Publish(s) => s.iter().map(|s| s.endpoints.len()).sum(),
+        _ => 0,
+    }
+}
+
+#[test]
+fn an_idle_target_is_first_only_announced_to_the_agents() {
+    let plan = decide(&serving(), &seen());
+    assert!(
+        plan.scale.is_none(),
+        "/scale patched before anything intercepts"
+    );
+    assert_eq!(
+        state(&plan, SCALE_DOWN_PENDING),
+        ("True".into(), "Intercepting".into())
+    );
+    assert_eq!(published(&plan), 1, "the fallback slice is published first");
+    assert!(plan.requeue <= Duration::from_secs(5));
+    assert_eq!(plan.mode, Some(Mode::Serve));
+}
+
+#[test]
+fn once_every_ready_agent_intercepts_the_target_goes_to_zero() {
+    let es = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 999);
+    let mut o = seen();
+    o.not_intercepting.clear();
+    let plan = decide(&es, &o);
+    assert!(matches!(plan.scale, Some(Scale::Down)));
+    assert!(!plan.intercept_timed_out);
+    assert_eq!(state(&plan, SCALED_TO_ZERO).0, "True");
+    assert_eq!(published(&plan), 1);
+}
+
+#[test]
+fn an_agent_that_never_reports_delays_the_scale_down_by_the_timeout_only() {
+    let waiting = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 998);
+    let plan = decide(&waiting, &seen());
+    assert!(plan.scale.is_none());
+    assert!(
+        plan.requeue > Duration::from_secs(2) && plan.requeue < Duration::from_secs(4),
+        "{:?}",
+        plan.requeue
+    );
+    let late = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 994);
+    let plan = decide(&late, &seen());
+    assert!(matches!(plan.scale, Some(Scale::Down)));
+    assert!(plan.intercept_timed_out, "counted");
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.reason == "InterceptTimeout" && e.note.contains("n1"))
+    );
+}
+
+#[test]
+fn a_wake_during_the_scale_down_abandons_it() {
+    let es = serving()
+        .with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 998)
+        .woken_at(999);
+    let plan = decide(&es, &seen());
+    assert!(plan.scale.is_none());
+    assert_eq!(
+        state(&plan, SCALE_DOWN_PENDING),
+        ("False".into(), "Abandoned".into())
+    );
+    assert_eq!(
+        plan.slices,
+        Slices::Remove,
+        "serving again: no fallback slice"
+    );
+    assert_eq!(state(&plan, SCALED_TO_ZERO).1, "AgentHolding");
+}
+
+#[test]
+fn the_pending_condition_ends_at_zero_with_no_ready_endpoint() {
+    let es = serving().with_condition(SCALE_DOWN_PENDING, true, "ScalingDown", 990);
+    let mut o = seen();
+    o.target = TargetSeen::Replicas(0);
+    o.triggers = Some(Idleness::Idle);
+    // Pods still terminating, one still Ready: the agents keep steering.
+    let plan = decide(&es, &o);
+    assert_eq!(state(&plan, SCALE_DOWN_PENDING).0, "True");
+    assert_eq!(published(&plan), 1);
+    o.ready = false;
+    let plan = decide(&es, &o);
+    assert_eq!(
+        state(&plan, SCALE_DOWN_PENDING),
+        ("False".into(), "ScaledToZero".into())
+    );
+    assert_eq!(plan.mode, Some(Mode::Proxy));
+    assert_eq!(published(&plan), 1);
+}
+
+#[test]
+fn a_wake_at_zero_scales_up_with_the_group() {
+    let es = es().woken_at(998);
+    let mut o = seen();
+    o.target = TargetSeen::Replicas(0);
+    o.ready = false;
+    let db = Arc::new(ElastiService::new("db", es.spec.clone()));
+    o.wakes = vec![db];
+    let plan = decide(&es, &o);
+    let Some(Scale::Up { cause, members, .. }) = &plan.scale else {
+        panic!("{:?}", plan.scale)
+    };
+    assert_eq!(*cause, UpCause::Wake);
+    assert_eq!(members.len(), 1);
+}
+
+#[test]
+fn a_slow_start_stays_up_and_its_wake_duration_is_an_event() {
+    // Scaled up at 992 after being down since 900; Ready only now (1000).
+    let es = es()
+        .with_condition(SERVING, false, "NoReadyEndpoint", 900)
+        .scaled_up_at(992);
+    let mut o = seen();
+    o.ready = false;
+    let plan = decide(&es, &o);
+    assert!(plan.scale.is_none());
+    assert_eq!(state(&plan, SCALED_TO_ZERO).1, "NotReady");
+    o.ready = true;
+    let plan = decide(&es, &o);
+    assert_eq!(plan.woken_in, Some(Duration::from_secs(8)));
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.reason == "WokenUp" && e.note.contains("8.0s")),
+        "{:?}",
+        plan.events
+    );
+    assert_eq!(
+        state(&plan, SERVING),
+        ("True".into(), "EndpointsReady".into())
+    );
+    assert!(plan.scale.is_none(), "the cooldown starts now");
+    assert!(plan.requeue <= Duration::from_secs(60) + RECHECK_MARGIN);
+}
+
+#[test]
+fn a_second_elastiservice_is_left_alone() {
+    let mut o = seen();
+    o.conflict = Some("ElastiService first already manages Service web".into());
+    let plan = decide(&serving(), &o);
+    assert_eq!(state(&plan, CONFLICT), ("True".into(), "Conflict".into()));
+    assert_eq!(state(&plan, READY).0, "False");
+    assert_eq!(plan.slices, Slices::Keep, "the slices are the other one's");
+    assert!(plan.scale.is_none() && plan.proxy_ports.is_empty());
+    assert_eq!(plan.events.len(), 1);
+}
+
+#[test]
+fn conflicts_go_to_the_later_elastiservice() {
+    let first = Arc::new(es());
+    let mut second = es();
+    second.metadata.name = Some("web2".into());
+    second.metadata.creation_timestamp = Some(Time(at(5)));
+    second.spec.scale_target_ref.name = "other".into();
+    let all = vec![first.clone(), Arc::new(second.clone())];
+    assert!(conflict(&first, &all).is_none());
+    assert!(conflict(&second, &all).is_some_and(|m| m.contains("Service web")));
+    // The same target under another Service.
+    second.spec.service = "web2".into();
+    second.spec.scale_target_ref.name = "web".into();
+    let all = vec![first.clone(), Arc::new(second.clone())];
+    assert!(conflict(&second, &all).is_some_and(|m| m.contains("Deployment web")));
+    second.spec.scale_target_ref.name = "other".into();
+    let all = vec![first, Arc::new(second.clone())];
+    assert!(conflict(&second, &all).is_none());
+}
+
+#[test]
+fn unsupported_services_and_missing_targets_say_so() {
+    let mut o = seen();
+    o.service = ServiceSeen::NotSupported("headless (clusterIP: None)".into());
+    let plan = decide(&serving(), &o);
+    assert_eq!(
+        state(&plan, READY),
+        ("False".into(), "ServiceNotSupported".into())
+    );
+    assert_eq!(plan.slices, Slices::Remove);
+    let mut o = seen();
+    o.target = TargetSeen::Unreadable("Deployment/web /scale: connection refused".into());
+    let plan = decide(&serving(), &o);
+    assert_eq!(state(&plan, READY).1, "TargetUnreadable");
+    assert!(cond(&plan, READY).is_some_and(|c| c.message.contains("connection refused")));
+    assert_eq!(plan.slices, Slices::Keep);
+    assert_eq!(plan.requeue, UNREADABLE_RETRY);
+}
+
+#[test]
+fn outside_the_window_nothing_is_announced_and_the_condition_says_why() {
+    let mut o = seen();
+    o.window = Window::Closed {
+        opens: Some(at(2000)),
+    };
+    let plan = decide(&serving(), &o);
+    assert!(plan.scale.is_none());
+    assert_eq!(
+        state(&plan, SCALE_TO_ZERO_ALLOWED),
+        ("False".into(), "OutsideEnabledPeriod".into())
+    );
+    assert_eq!(
+        state(&plan, SCALE_DOWN_PENDING),
+        (String::new(), String::new())
+    );
+    assert!(plan.requeue <= Duration::from_secs(30));
+    o.window = Window::Invalid("bad".into());
+    let plan = decide(&serving(), &o);
+    assert_eq!(state(&plan, SCALE_TO_ZERO_ALLOWED).1, "InvalidSchedule");
+    assert!(plan.scale.is_none());
+}
