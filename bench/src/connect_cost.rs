@@ -96,8 +96,7 @@ pub fn run(loops: usize, rounds: usize) -> Result<ConnectCost> {
     // that same closed port.
     let closed: SocketAddr = "127.0.0.1:9".parse()?;
     let direct = closed.to_string();
-    let (mut base, mut miss, mut hit, mut count) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut base, mut miss, mut hit, mut count) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         // Rotate which case goes first, so warm-up and drift favour none of them.
         for case in (0..4).map(|i| (i + round) % 4) {

@@ -119,7 +119,10 @@ fn the_dashboard_and_alerts_render_parse_and_name_only_real_metrics() {
     }
     let objects = rendered();
     let registered = registered();
-    assert!(registered.contains("elasti_agent_cold_start_seconds"), "{registered:?}");
+    assert!(
+        registered.contains("elasti_agent_cold_start_seconds"),
+        "{registered:?}"
+    );
 
     let dashboard = of_kind(&objects, "ConfigMap");
     let json = dashboard["data"]["elasti.json"]
