@@ -10,6 +10,7 @@
 //! - [`plan`]: which (Service, port)s to hold and the state machine that decides what to do
 //!   about them (pure).
 //! - [`run`]: the worker's loop: observe, decide, act; the admin server.
+//! - [`watches`]: what the loop observes, narrowed to the managed services and stripped.
 //! - [`supervisor`]: the process that keeps sockets, programs and unread held connections
 //!   across the worker's crashes.
 //! - [`health`]: progress of the loop and the watches, and the fail-open watchdog.
@@ -29,3 +30,4 @@ pub mod report;
 pub mod run;
 pub mod supervisor;
 pub mod wake;
+pub mod watches;

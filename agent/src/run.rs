@@ -15,11 +15,14 @@ use elasti_api::ElastiService;
 use elasti_common::RewriteCounters;
 use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{Client, runtime::reflector::Store};
+use kube::{
+    Client,
+    runtime::reflector::{ObjectRef, Store},
+};
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, Semaphore, watch};
 
-use elasti_runtime::{DisplayChain, admin, reflect};
+use elasti_runtime::{DisplayChain, admin, reflect_stripped};
 
 use crate::{
     config::Args,
@@ -42,6 +45,7 @@ use crate::{
         client::{Resumed, Supervisor},
     },
     wake::{notify, readiness},
+    watches,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -172,9 +176,16 @@ pub async fn run_until(
     }
 
     let client = Client::try_default().await.map_err(Error::Client)?;
-    let (es_store, es_events) = reflect::<ElastiService>(&client, args.common.namespaces());
-    let (svc_store, svc_events) = reflect::<Service>(&client, None);
-    let (eps_store, eps_events) = reflect::<EndpointSlice>(&client, None);
+    // Every object stripped to what the agent reads (`crate::watches`): no `managedFields`.
+    let (es_store, es_events) = reflect_stripped::<ElastiService>(
+        &client,
+        args.common.namespaces(),
+        watches::strip_elastiservice,
+    );
+    let (svc_store, svc_events) =
+        reflect_stripped::<Service>(&client, None, watches::strip_service);
+    let (eps_store, eps_events) =
+        reflect_stripped::<EndpointSlice>(&client, None, watches::strip_slice);
     // Each watch runs on its own task, pokes the loop on every change and reports its
     // health.
     let changed = Arc::new(Notify::new());
@@ -323,7 +334,9 @@ pub async fn run_until(
 
 struct Stores {
     es: Store<ElastiService>,
+    /// Services, stripped.
     services: Store<Service>,
+    /// EndpointSlices, stripped.
     slices: Store<EndpointSlice>,
 }
 
@@ -366,30 +379,19 @@ impl Io {
         decision
     }
 
+    /// What the stores show now: Services looked up by key, slices indexed once by Service.
     fn observe(&self, stores: &Stores, draining: bool) -> Observed {
-        let services = stores.services.state();
-        let by_name: HashMap<(&str, &str), &Arc<Service>> = services
-            .iter()
-            .filter_map(|s| {
-                Some((
-                    (
-                        s.metadata.namespace.as_deref()?,
-                        s.metadata.name.as_deref()?,
-                    ),
-                    s,
-                ))
-            })
-            .collect();
         let all_es = stores.es.state();
         let ports = plan::held_ports(all_es.iter().map(|e| e.as_ref()), |ns, name| {
-            by_name.get(&(ns, name)).map(|s| (*s).clone())
+            stores.services.get(&ObjectRef::new(name).within(ns))
         });
         let slices = stores.slices.state();
+        let by_service = slices_by_service(&slices);
         let mut ready = HashMap::new();
         for p in ports.iter().chain(self.held.values().map(|a| &a.plan)) {
             ready
                 .entry(p.id.clone())
-                .or_insert_with(|| port_endpoints(&slices, p));
+                .or_insert_with(|| port_endpoints(&by_service, p));
         }
         let held = self
             .held
@@ -755,16 +757,35 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// The EndpointSlices of pods (not elasti's fallback slices) by `(namespace, service)`.
+type SlicesByService<'a> = HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+
+fn slices_by_service(slices: &[Arc<EndpointSlice>]) -> SlicesByService<'_> {
+    let mut by: SlicesByService<'_> = HashMap::new();
+    for s in slices {
+        let (Some(ns), Some(svc)) = (
+            s.metadata.namespace.as_deref(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(readiness::SERVICE_NAME_LABEL)),
+        ) else {
+            continue;
+        };
+        if readiness::belongs_to(s, ns, svc) {
+            by.entry((ns, svc.as_str())).or_default().push(s.as_ref());
+        }
+    }
+    by
+}
+
 /// The Ready endpoints of a held port, from the EndpointSlices the watch holds.
-fn port_endpoints(slices: &[Arc<EndpointSlice>], port: &HeldPort) -> Endpoints {
-    readiness::ready_endpoints(
-        slices
-            .iter()
-            .filter(|s| readiness::belongs_to(s, &port.id.namespace, &port.id.name))
-            .map(|s| s.as_ref()),
-        &port.port_name,
-    )
-    .into()
+fn port_endpoints(slices: &SlicesByService<'_>, port: &HeldPort) -> Endpoints {
+    let of_service = slices
+        .get(&(port.id.namespace.as_str(), port.id.name.as_str()))
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    readiness::ready_endpoints(of_service.iter().copied(), &port.port_name).into()
 }
 
 /// The cgroup to attach at: the flag's path, or with `auto` the host's cgroup v2 root.

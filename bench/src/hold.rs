@@ -25,14 +25,15 @@ use tokio::{
 
 use elasti_testbed::stats::{Summary, summarize};
 
-struct Proxy {
-    addr: SocketAddr,
-    service: Arc<HeldService>,
-    endpoints: watch::Sender<Endpoints>,
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub service: Arc<HeldService>,
+    pub endpoints: watch::Sender<Endpoints>,
     _listener: ProxyListener,
 }
 
-fn proxy(max_held: usize) -> Result<Proxy> {
+/// The agent's listener, hold queue and forwarders for one service on a loopback port.
+pub fn proxy(max_held: usize) -> Result<Proxy> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let (tx, rx) = watch::channel(Endpoints::from(Vec::new()));
@@ -122,20 +123,68 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// One round of [`capacity`], measured in a process of its own (`capacity-round`): memory
+/// freed by an earlier round would otherwise be reused and hide what holding costs.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Round {
+    /// Agent-side resident memory per held connection/request, bytes.
+    pub bytes_per_held: f64,
+    /// From publishing the Ready endpoint to the first client having its answer, ms.
+    pub first_ms: f64,
+    /// … to every client having its answer, ms.
+    pub all_ms: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Capacity {
     pub protocol: &'static str,
     pub held: usize,
-    /// Agent-side resident memory per held connection/request, bytes.
-    pub bytes_per_held: f64,
-    /// From publishing the Ready endpoint to every client having its answer, ms.
-    pub drain_ms: f64,
+    /// Agent-side resident memory per held connection/request, bytes, one sample per round.
+    pub bytes_per_held: Summary,
+    /// Endpoint published → the first held one answered, ms.
+    pub first_answer_ms: Summary,
+    /// Endpoint published → every held one answered, ms.
+    pub all_answered_ms: Summary,
 }
 
-/// Holds `n` connections (`http`: one GET each; else one line each), then releases them.
-/// Clients and the backend run in child processes: this process holds only the agent's
-/// two sockets per connection, as the agent would.
-pub async fn capacity(n: usize, http: bool) -> Result<Capacity> {
+/// `rounds` rounds of holding `n` at once (`http`: one GET each; else one line each), each
+/// in a fresh `capacity-round` child.
+pub fn capacity(n: usize, http: bool, rounds: usize) -> Result<Capacity> {
+    let protocol = if http { "http" } else { "tcp" };
+    let mut all = Vec::new();
+    for _ in 0..rounds {
+        let out = Command::new(std::env::current_exe()?)
+            .args(["capacity-round", protocol, &n.to_string()])
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("capacity-round {protocol} {n}: {}", out.status);
+        }
+        let round: Round = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("capacity-round: {}", String::from_utf8_lossy(&out.stdout)))?;
+        all.push(round);
+    }
+    let col = |f: fn(&Round) -> f64| summarize(&all.iter().map(f).collect::<Vec<_>>());
+    Ok(Capacity {
+        protocol,
+        held: n,
+        bytes_per_held: col(|r| r.bytes_per_held),
+        first_answer_ms: col(|r| r.first_ms),
+        all_answered_ms: col(|r| r.all_ms),
+    })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for this process and its children.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
+/// One round of [`capacity`]: holds `n` connections from a `hold-clients` child, then
+/// releases them onto a `backend` child. This process holds only the agent's sockets, as
+/// the agent would.
+pub async fn capacity_round(n: usize, http: bool) -> Result<Round> {
     let p = proxy(n)?;
     let protocol = if http { "http" } else { "tcp" };
     let mut backend_child = Command::new(std::env::current_exe()?)
@@ -155,7 +204,7 @@ pub async fn capacity(n: usize, http: bool) -> Result<Capacity> {
             "hold-clients",
             &p.addr.to_string(),
             &n.to_string(),
-            if http { "http" } else { "tcp" },
+            protocol,
         ])
         .stdout(Stdio::piped())
         .spawn()?;
@@ -170,25 +219,44 @@ pub async fn capacity(n: usize, http: bool) -> Result<Capacity> {
     // Let allocations settle before reading RSS.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = rss_kib();
-    let released = Instant::now();
+    let released = monotonic_ns();
     p.endpoints.send_replace(Endpoints::from(vec![backend]));
     let done = tokio::task::spawn_blocking(move || {
-        lines.find(|l| l.as_deref().is_ok_and(|l| l.starts_with("answered")))
+        lines.find_map(|l| l.ok().and_then(|l| Answered::parse(&l)))
     })
     .await?;
-    let drain_ms = released.elapsed().as_secs_f64() * 1e3;
     let _ = child.wait();
     let _ = backend_child.kill();
     let _ = backend_child.wait();
-    if done.is_none() {
-        bail!("hold-clients did not report all answers");
-    }
-    Ok(Capacity {
-        protocol: if http { "http" } else { "tcp" },
-        held: n,
+    let done = done.context("hold-clients did not report all answers")?;
+    let ms = |t: u64| t.saturating_sub(released) as f64 / 1e6;
+    Ok(Round {
         bytes_per_held: (after.saturating_sub(before) * 1024) as f64 / n as f64,
-        drain_ms,
+        first_ms: ms(done.first_ns),
+        all_ms: ms(done.last_ns),
     })
+}
+
+/// What `hold-clients` reports once every answer is in: the first and the last answer's
+/// [`monotonic_ns`].
+struct Answered {
+    first_ns: u64,
+    last_ns: u64,
+}
+
+impl Answered {
+    fn line(&self) -> String {
+        format!("answered first={} last={}", self.first_ns, self.last_ns)
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let mut words = line.strip_prefix("answered ")?.split(' ');
+        let mut field = |name: &str| words.next()?.strip_prefix(name)?.parse().ok();
+        Some(Self {
+            first_ns: field("first=")?,
+            last_ns: field("last=")?,
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -229,25 +297,25 @@ pub async fn handoff(wakes: usize) -> Result<Handoff> {
     })
 }
 
-/// The backend child of [`capacity`]: serves the HTTP workload or a line echo on a free
-/// loopback port, printing `addr=…` first.
-pub async fn backend(http: bool) -> Result<()> {
+/// The backend child of [`capacity`] and [`super::throughput`]: serves the HTTP workload, a
+/// line echo or a sink on a free loopback port, printing `addr=…` first.
+pub async fn backend(protocol: &str) -> Result<()> {
     // A listen backlog of `somaxconn` (4096 here), as Go servers get. With tokio's 1024
     // this backend, sharing two cores with 10,000 clients and the agent, does not accept
     // fast enough: its accept queue overflows and the kernel's 1 s SYN-ACK retransmit
     // triples the drain. That is the backend's limit, not the agent's.
     let l = bind_deep("127.0.0.1:0".parse()?)?;
     println!("addr={}", l.local_addr()?);
-    if http {
-        elasti_workloads::http::serve(l, "bench".into()).await?;
-    } else {
-        elasti_workloads::tcp_echo::serve(l, "bench".into()).await?;
+    match protocol {
+        "http" => elasti_workloads::http::serve(l, "bench".into()).await?,
+        "sink" => super::throughput::sink(l).await?,
+        _ => elasti_workloads::tcp_echo::serve(l, "bench".into()).await?,
     }
     Ok(())
 }
 
 /// The child side of [`capacity`]: opens `n` connections, sends one request on each,
-/// prints `answered` once every one has its answer.
+/// reports when the first and the last answer came ([`Answered`]).
 pub async fn hold_clients(addr: SocketAddr, n: usize, http: bool) -> Result<()> {
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
@@ -261,13 +329,40 @@ pub async fn hold_clients(addr: SocketAddr, n: usize, http: bool) -> Result<()> 
             }
             let mut line = String::new();
             tokio::io::BufReader::new(s).read_line(&mut line).await?;
+            let at = monotonic_ns();
             anyhow::ensure!(!line.is_empty(), "connection closed without an answer");
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, anyhow::Error>(at)
         }));
     }
+    let (mut first, mut last) = (u64::MAX, 0);
     for t in tasks {
-        t.await??;
+        let at = t.await??;
+        first = first.min(at);
+        last = last.max(at);
     }
-    println!("answered");
+    println!(
+        "{}",
+        Answered {
+            first_ns: first,
+            last_ns: last
+        }
+        .line()
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answered_line_round_trips() {
+        let a = Answered {
+            first_ns: 12,
+            last_ns: 345,
+        };
+        let b = Answered::parse(&a.line()).unwrap_or_else(|| panic!("{}", a.line()));
+        assert_eq!((b.first_ns, b.last_ns), (12, 345));
+        assert!(Answered::parse("answered").is_none());
+    }
 }

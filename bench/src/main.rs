@@ -9,6 +9,7 @@ use serde::Serialize;
 
 mod connect_cost;
 mod hold;
+mod throughput;
 
 #[derive(Parser)]
 #[command(about)]
@@ -32,6 +33,16 @@ struct Args {
     /// Cold periods in the hand-off bench.
     #[arg(long, default_value_t = 50)]
     wakes: usize,
+    /// Rounds of the capacity bench, each in a fresh process (memory, and the first and
+    /// last answer after Ready).
+    #[arg(long, default_value_t = 5)]
+    capacity_rounds: usize,
+    /// Bytes of each raw TCP transfer in the throughput bench (1 GiB).
+    #[arg(long, default_value_t = 1 << 30)]
+    transfer_bytes: u64,
+    /// Rounds of the throughput bench (each: one transfer direct, one through the agent).
+    #[arg(long, default_value_t = 5)]
+    transfer_rounds: usize,
 }
 
 #[derive(Subcommand)]
@@ -44,8 +55,12 @@ enum Cmd {
         n: usize,
         protocol: String,
     },
-    /// (internal) The backend of the capacity bench.
+    /// (internal) The backend of the capacity and throughput benches.
     Backend { protocol: String },
+    /// (internal) One round of the capacity bench.
+    CapacityRound { protocol: String, held: usize },
+    /// (internal) The client of the throughput bench.
+    Send { to: SocketAddr, bytes: u64 },
 }
 
 #[derive(Serialize)]
@@ -55,6 +70,7 @@ struct Results {
     connect: connect_cost::ConnectCost,
     handoff: hold::Handoff,
     capacity: Vec<hold::Capacity>,
+    throughput: throughput::Throughput,
 }
 
 fn main() -> Result<()> {
@@ -64,7 +80,16 @@ fn main() -> Result<()> {
     match args.cmd {
         Some(Cmd::ConnectLoop { target, loops }) => connect_cost::connect_loop(target, loops),
         Some(Cmd::Backend { protocol }) => {
-            tokio::runtime::Runtime::new()?.block_on(hold::backend(protocol == "http"))
+            tokio::runtime::Runtime::new()?.block_on(hold::backend(&protocol))
+        }
+        Some(Cmd::CapacityRound { protocol, held }) => {
+            let round = tokio::runtime::Runtime::new()?
+                .block_on(hold::capacity_round(held, protocol == "http"))?;
+            println!("{}", serde_json::to_string(&round)?);
+            Ok(())
+        }
+        Some(Cmd::Send { to, bytes }) => {
+            tokio::runtime::Runtime::new()?.block_on(throughput::send(to, bytes))
         }
         Some(Cmd::HoldClients { addr, n, protocol }) => tokio::runtime::Runtime::new()?
             .block_on(hold::hold_clients(addr, n, protocol == "http")),
@@ -73,15 +98,18 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             let handoff = rt.block_on(hold::handoff(args.wakes))?;
             let capacity = vec![
-                rt.block_on(hold::capacity(args.held, false))?,
-                rt.block_on(hold::capacity(args.held, true))?,
+                hold::capacity(args.held, false, args.capacity_rounds)?,
+                hold::capacity(args.held, true, args.capacity_rounds)?,
             ];
+            let throughput =
+                rt.block_on(throughput::run(args.transfer_bytes, args.transfer_rounds))?;
             let results = Results {
                 date: date(),
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 connect,
                 handoff,
                 capacity,
+                throughput,
             };
             std::fs::create_dir_all(&args.out)?;
             std::fs::write(
@@ -138,10 +166,25 @@ fn markdown(r: &Results) -> String {
     );
     for cap in &r.capacity {
         s += &format!(
-            "| {} {} held at once: agent memory per held / time to answer all after Ready | | {:.0} B / {:.0} ms | | |\n",
-            cap.held, cap.protocol, cap.bytes_per_held, cap.drain_ms
+            "| {} {} held at once ({} rounds): agent memory per held / first answer after Ready, p99 / all answered, median | | {:.0} B / {:.1} ms / {:.0} ms | goal ≤ {} B / ≤ 5 ms / ≤ 1,000 ms | |\n",
+            cap.held,
+            cap.protocol,
+            cap.bytes_per_held.n,
+            cap.bytes_per_held.p50,
+            cap.first_answer_ms.p99,
+            cap.all_answered_ms.p50,
+            if cap.protocol == "http" { 8192 } else { 3072 },
         );
     }
+    let t = &r.throughput;
+    s += &format!(
+        "| raw TCP, {} MiB per transfer ({} rounds), MB/s | direct {:.0} | through the agent {:.0} | | {:.3} (goal ≥ 0.8) |\n",
+        t.bytes >> 20,
+        t.agent_mb_s.n,
+        t.direct_mb_s.p50,
+        t.agent_mb_s.p50,
+        t.agent_mb_s.p50 / t.direct_mb_s.p50
+    );
     s += &format!(
         "\nconnect() samples (ns, min/median/max): baseline {:.0}/{:.0}/{:.0}, miss {:.0}/{:.0}/{:.0}, hit {:.0}/{:.0}/{:.0}, count-only {:.0}/{:.0}/{:.0}. Hand-off samples (µs, min/median/max): {:.0}/{:.0}/{:.0}.\n",
         c.baseline_ns.min,

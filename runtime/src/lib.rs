@@ -2,7 +2,8 @@
 //!
 //! - [`admin`]: the `/metrics`, `/healthz` and `/readyz` server;
 //! - [`config_file`]: `--config` YAML files of flag values under clap;
-//! - [`reflect`]: a reflector scoped to `WATCH_NAMESPACES`;
+//! - [`reflect`]: a reflector scoped to `WATCH_NAMESPACES` ([`reflect_stripped`]: each
+//!   object stripped first);
 //! - [`net`]: `SO_REUSEPORT` listeners;
 //! - [`init_tracing`]: text or JSON logs, filtered by `RUST_LOG`.
 #![forbid(unsafe_code)]
@@ -12,7 +13,7 @@ pub mod config_file;
 pub mod net;
 mod reflect;
 
-pub use reflect::{Events, reflect};
+pub use reflect::{Events, reflect, reflect_stripped};
 
 /// An error and every cause under it, `: `-separated, for logs: `%e` alone drops the
 /// causes that say what actually failed.

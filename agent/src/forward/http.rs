@@ -127,13 +127,16 @@ impl HttpForwarder {
 
     /// Serves one client connection (its service is Ready; it waited `waited`) until its
     /// first response is sent: then the connection is ended gracefully, so the client
-    /// reconnects straight to the pods.
+    /// reconnects straight to the pods. A held connection's `turn` in the release is given
+    /// back with that response, or after [`crate::hold::RELEASE_TURN_MAX`].
     pub async fn serve(
         self: Arc<Self>,
         io: TcpStream,
         peer: SocketAddr,
         waited: Duration,
+        turn: Option<crate::hold::ReleaseTurn>,
     ) -> Result<(), Error> {
+        let mut turn = turn;
         if !waited.is_zero() {
             self.metrics.waited(self.service.id(), waited);
         }
@@ -158,6 +161,8 @@ impl HttpForwarder {
         let mut ending = false;
         let idle = tokio::time::sleep(H2_IDLE_TIMEOUT);
         tokio::pin!(idle);
+        let turn_over = tokio::time::sleep(crate::hold::RELEASE_TURN_MAX);
+        tokio::pin!(turn_over);
         let served = loop {
             tokio::select! {
                 r = conn.as_mut() => break r,
@@ -165,8 +170,10 @@ impl HttpForwarder {
                     // HTTP/1.1: close after this response; h2: GOAWAY, in-flight streams
                     // finish.
                     ending = true;
+                    turn = None;
                     conn.as_mut().graceful_shutdown();
                 }
+                () = &mut turn_over, if turn.is_some() => turn = None,
                 () = &mut idle, if !ending => {
                     ending = true;
                     conn.as_mut().graceful_shutdown();

@@ -1,7 +1,14 @@
 //! Raw TCP: once the service is Ready and a pod accepted, copy both ways until either side
 //! closes. The bytes the client already sent (peeked, never consumed) go first. A splice
 //! goes on after the hand-back until the client closes it.
-use tokio::net::TcpStream;
+//!
+//! The bytes move with `splice(2)` through a pipe per direction, so they never enter the
+//! agent's memory: socket → pipe → socket inside the kernel. Where a pipe cannot be made
+//! (the descriptor limit), a userspace copy does the same job, slower.
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::fcntl::{SpliceFFlags, splice};
+use tokio::{io::Interest, net::TcpStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -13,9 +20,130 @@ pub enum Error {
 /// Bytes copied client→pod and pod→client.
 pub type Copied = (u64, u64);
 
+/// The most one `splice` call moves, and each pipe's capacity: 256 KiB, a quarter of what
+/// an unprivileged process may give a pipe (`/proc/sys/fs/pipe-max-size`, 1 MiB by
+/// default). Four times the default pipe: a quarter of the calls and wake-ups per byte.
+const PIPE_BYTES: usize = 256 << 10;
+
 /// Copies both ways until either side closes.
 pub async fn copy(mut client: TcpStream, mut upstream: TcpStream) -> Result<Copied, Error> {
-    tokio::io::copy_bidirectional(&mut client, &mut upstream)
-        .await
-        .map_err(Error::Copy)
+    let pipes = (pipe(), pipe());
+    let (Ok(up), Ok(down)) = pipes else {
+        tracing::debug!("no pipe for splice; copying through userspace");
+        return tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .map_err(Error::Copy);
+    };
+    tokio::try_join!(
+        one_way(&client, &upstream, up),
+        one_way(&upstream, &client, down)
+    )
+    .map_err(Error::Copy)
+}
+
+/// A non-blocking pipe: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
+    // Best effort: a pipe left at its default size works, in smaller steps.
+    let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as i32));
+    Ok((r, w))
+}
+
+/// Moves what `from` receives to `to` until `from` reaches its end, then shuts `to`'s
+/// write side (as `copy_bidirectional` does). Returns the bytes moved.
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    (pipe_r, pipe_w): (OwnedFd, OwnedFd),
+) -> std::io::Result<u64> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        let filled = from
+            .async_io(Interest::READABLE, || {
+                splice(from.as_fd(), None, pipe_w.as_fd(), None, PIPE_BYTES, flags)
+                    .map_err(std::io::Error::from)
+            })
+            .await?;
+        if filled == 0 {
+            nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(to),
+                nix::sys::socket::Shutdown::Write,
+            )
+            .or_else(|e| {
+                // The peer already went away: nothing left to tell it.
+                if e == nix::errno::Errno::ENOTCONN {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            return Ok(total);
+        }
+        let mut left = filled;
+        while left > 0 {
+            let n = to
+                .async_io(Interest::WRITABLE, || {
+                    splice(pipe_r.as_fd(), None, to.as_fd(), None, left, flags)
+                        .map_err(std::io::Error::from)
+                })
+                .await?;
+            left -= n;
+        }
+        total += filled as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A connected pair over loopback: (the side `copy` gets, the other end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = tokio::join!(l.accept(), TcpStream::connect(addr));
+        (
+            a.unwrap_or_else(|e| panic!("{e}")).0,
+            b.unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    #[tokio::test]
+    async fn both_ways_are_copied_and_each_end_is_passed_on() {
+        let (client_side, mut client) = pair().await;
+        let (upstream_side, mut pod) = pair().await;
+        let splice = tokio::spawn(copy(client_side, upstream_side));
+        // More than one pipe's worth, so the loop turns.
+        let big = vec![7u8; 3 * PIPE_BYTES + 5];
+        client
+            .write_all(&big)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut got = Vec::new();
+        pod.read_to_end(&mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.len(), big.len(), "the client's end reached the pod");
+        pod.write_all(b"answer")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(pod);
+        let mut back = Vec::new();
+        client
+            .read_to_end(&mut back)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, b"answer");
+        let copied = splice
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(copied, (big.len() as u64, 6));
+    }
 }

@@ -7,4 +7,7 @@ pub mod admission;
 pub mod service;
 
 pub use admission::Budget;
-pub use service::{Endpoints, HeldService, HoldError, OnHeld, Ready, ServiceId};
+pub use service::{
+    Endpoints, HeldService, HoldError, OnHeld, RELEASE_IN_FLIGHT, RELEASE_TURN_MAX, Ready,
+    ReleaseTurn, ServiceId,
+};

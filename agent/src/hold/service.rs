@@ -50,6 +50,21 @@ pub enum HoldError {
     TargetNotFound(ServiceId),
 }
 
+/// Held callers of one service that are being released at once: the rest wait their turn
+/// in arrival order. Released all together, 10,000 held requests would all do their first
+/// step (hyper's parse, a pooled upstream) before any of them got its answer; in turns of
+/// [`RELEASE_IN_FLIGHT`] the first answer comes in about a millisecond, and the last no
+/// later (the bench's capacity figure).
+pub const RELEASE_IN_FLIGHT: usize = 32;
+/// The longest a released caller keeps its turn: its answer (HTTP) or its pod's accept
+/// (TCP) usually gives it back much sooner, but a slow pod must not slow the release of
+/// the others to its own pace.
+pub const RELEASE_TURN_MAX: Duration = Duration::from_millis(2);
+
+/// A released caller's turn ([`RELEASE_IN_FLIGHT`]): dropping it lets the next held caller
+/// go.
+pub type ReleaseTurn = tokio::sync::OwnedSemaphorePermit;
+
 /// What a caller gets once the service has Ready endpoints.
 #[derive(Debug)]
 pub struct Ready {
@@ -59,6 +74,9 @@ pub struct Ready {
     /// For the first caller released after a cold period: how long that period lasted,
     /// from its first held caller to this release (the service's cold start).
     pub cold_start: Option<Duration>,
+    /// A held caller's turn in the release; give it back once forwarded (at the latest
+    /// after [`RELEASE_TURN_MAX`]). `None` for a caller that was not held.
+    pub turn: Option<ReleaseTurn>,
 }
 
 /// Called when a caller starts waiting (the run loop then decides whether to wake).
@@ -79,6 +97,8 @@ pub struct HeldService {
     probe_rules: std::sync::RwLock<Arc<elasti_api::probe::CompiledRules>>,
     /// When the current cold period's first caller was held.
     cold_since: std::sync::Mutex<Option<Instant>>,
+    /// The turns of the release ([`RELEASE_IN_FLIGHT`]); fair, so the longest held go first.
+    release: Arc<tokio::sync::Semaphore>,
 }
 
 impl HeldService {
@@ -102,6 +122,7 @@ impl HeldService {
             failed_signal: Notify::new(),
             probe_rules: std::sync::RwLock::default(),
             cold_since: std::sync::Mutex::default(),
+            release: Arc::new(tokio::sync::Semaphore::new(RELEASE_IN_FLIGHT)),
         }
     }
 
@@ -167,6 +188,7 @@ impl HeldService {
                 endpoints: now,
                 waited: Duration::ZERO,
                 cold_start: None,
+                turn: None,
             });
         }
         if self.failed.load(Ordering::Acquire) {
@@ -192,16 +214,22 @@ impl HeldService {
             }
         };
         match tokio::time::timeout(self.limits.deadline, wait).await {
-            Ok(Ok(endpoints)) => Ok(Ready {
-                endpoints,
-                waited: start.elapsed(),
-                cold_start: self
+            Ok(Ok(endpoints)) => {
+                let cold_start = self
                     .cold_since
                     .lock()
                     .ok()
                     .and_then(|mut since| since.take())
-                    .map(|since| since.elapsed()),
-            }),
+                    .map(|since| since.elapsed());
+                // The semaphore is never closed, so this only waits for a turn.
+                let turn = self.release.clone().acquire_owned().await.ok();
+                Ok(Ready {
+                    endpoints,
+                    waited: start.elapsed(),
+                    cold_start,
+                    turn,
+                })
+            }
             Ok(Err(())) if self.failed.load(Ordering::Acquire) => {
                 Err(HoldError::TargetNotFound(self.id.clone()))
             }
@@ -292,7 +320,9 @@ mod tests {
             .map(|_| {
                 tokio::spawn({
                     let svc = svc.clone();
-                    async move { svc.acquire(100).await }
+                    // Each gives its release turn back at once, as a forwarder does once
+                    // its pod accepted: more waiters than turns.
+                    async move { svc.acquire(100).await.map(|r| r.endpoints) }
                 })
             })
             .collect();
@@ -310,9 +340,45 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"))
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(&r.endpoints[..], &ready(&["10.244.0.9:8080"])[..]);
+            assert_eq!(&r[..], &ready(&["10.244.0.9:8080"])[..]);
         }
         assert_eq!(svc.held(), 0, "every queue slot is given back");
+    }
+
+    #[tokio::test]
+    async fn a_release_goes_in_turns_and_a_given_back_turn_lets_the_next_go() {
+        let (tx, svc, _) = service(Limits::default(), Budget::default());
+        let n = RELEASE_IN_FLIGHT + 1;
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..n {
+            let (svc, done_tx) = (svc.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let _ = done_tx.send(svc.acquire(0).await);
+            });
+        }
+        while svc.held() < n {
+            tokio::task::yield_now().await;
+        }
+        tx.send_replace(ready(&["10.244.0.9:8080"]));
+        let mut turns = Vec::new();
+        for _ in 0..RELEASE_IN_FLIGHT {
+            let r = done
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("a waiter vanished"));
+            turns.push(r.unwrap_or_else(|e| panic!("{e}")));
+        }
+        assert!(
+            turns.iter().all(|r| r.turn.is_some()),
+            "each held one has a turn"
+        );
+        let early = tokio::time::timeout(Duration::from_millis(50), done.recv()).await;
+        assert!(early.is_err(), "the last waits while every turn is taken");
+        turns.pop();
+        let last = tokio::time::timeout(Duration::from_secs(5), done.recv())
+            .await
+            .unwrap_or_else(|_| panic!("a given-back turn did not let the last go"));
+        assert!(last.is_some_and(|r| r.is_ok()));
     }
 
     #[tokio::test]

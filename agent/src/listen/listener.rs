@@ -221,7 +221,7 @@ async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<Htt
         // A health check the ElastiService answers itself: nothing held, nothing woken.
         drop(kept);
         let status = answer.status;
-        http.answer_probe(stream, answer).await;
+        Box::pin(http.answer_probe(stream, answer)).await;
         ctx.metrics.outcome(
             service.id(),
             metrics::Protocol::Http1,
@@ -236,6 +236,7 @@ async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<Htt
             endpoints: crate::hold::Endpoints::from(Vec::new()),
             waited: Duration::ZERO,
             cold_start: None,
+            turn: None,
         })
     } else {
         tokio::select! {
@@ -250,7 +251,23 @@ async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<Htt
     };
     // From here on the connection is read: a crash can no longer hand it back intact.
     drop(kept);
-    let id = service.id().clone();
+    // Boxed: a task's allocation is the size of its largest state, and hyper's connection
+    // and the splice are several times what a held connection needs (the bench measures
+    // what one costs). Allocated only once released.
+    Box::pin(forward(stream, peer, protocol, held, &ctx, &balancer, http)).await;
+}
+
+/// Serves a connection once its hold is over: forwarded, or answered with why not.
+async fn forward(
+    stream: TcpStream,
+    peer: SocketAddr,
+    protocol: Protocol,
+    held: Result<crate::hold::Ready, HoldError>,
+    ctx: &Context,
+    balancer: &Balancer,
+    http: Arc<HttpForwarder>,
+) {
+    let id = ctx.service.id().clone();
     if let Ok(crate::hold::Ready {
         cold_start: Some(d),
         ..
@@ -260,7 +277,7 @@ async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<Htt
     }
     match (protocol, held) {
         (Protocol::Http, Ok(ready)) => {
-            if let Err(e) = http.serve(stream, peer, ready.waited).await {
+            if let Err(e) = http.serve(stream, peer, ready.waited, ready.turn).await {
                 tracing::debug!(service = %id, %peer, error = %elasti_runtime::DisplayChain(&e), "HTTP connection ended with an error");
             }
         }
@@ -271,7 +288,10 @@ async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<Htt
             ctx.metrics.outcome(&id, metrics::Protocol::Http1, outcome);
         }
         (Protocol::Opaque | Protocol::NeedMore, Ok(ready)) => {
-            let outcome = match balancer.connect_held(&ctx.service, ready.endpoints).await {
+            let connected = balancer.connect_held(&ctx.service, ready.endpoints).await;
+            // The pod accepted (or nothing will): the next held connection's turn.
+            drop(ready.turn);
+            let outcome = match connected {
                 Ok((upstream, _)) => {
                     let outcome = if ready.waited.is_zero() {
                         Outcome::Forwarded
@@ -407,58 +427,5 @@ async fn peek_protocol(stream: &TcpStream) -> Protocol {
             Protocol::NeedMore => return Protocol::Opaque,
             decided => return decided,
         }
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    #[tokio::test]
-    async fn sizes() {
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Arc::new(Metrics::register(&mut registry));
-        let (_tx, rx) = tokio::sync::watch::channel(crate::hold::Endpoints::from(Vec::new()));
-        let id = crate::hold::ServiceId {
-            namespace: "a".into(),
-            name: "b".into(),
-            port: 1,
-        };
-        let service = Arc::new(HeldService::new(
-            id,
-            rx,
-            Default::default(),
-            Arc::new(crate::hold::Budget::default()),
-            Arc::new(|| {}),
-            Default::default(),
-        ));
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let ctx = Context {
-            service: service.clone(),
-            metrics: metrics.clone(),
-            host: Host::Standalone {
-                listen_address: "127.0.0.1".parse().unwrap(),
-            },
-            proxy_port: 1,
-        };
-        let balancer = Arc::new(Balancer::default());
-        let http = Arc::new(HttpForwarder::new(
-            service.clone(),
-            metrics,
-            balancer.clone(),
-        ));
-        let peer = c.local_addr().unwrap();
-        let f = handle(
-            Conn {
-                stream: c,
-                peer,
-                kept: None,
-            },
-            ctx,
-            balancer,
-            http.clone(),
-        );
-        eprintln!("handle future: {}", std::mem::size_of_val(&f));
-        eprintln!("acquire: {}", std::mem::size_of_val(&service.acquire(0)));
     }
 }

@@ -178,6 +178,18 @@ pub fn conflict(es: &ElastiService, all: &[Arc<ElastiService>]) -> Option<String
     })
 }
 
+/// A time read back from the apiserver, for a cooldown that starts at it: `metav1.Time`
+/// keeps whole seconds, so the moment it stands for may be up to a second later. The end
+/// of that second, so that a cooldown is never cut short.
+fn stored(t: jiff::Timestamp) -> jiff::Timestamp {
+    if t.subsec_nanosecond() == 0 {
+        t.checked_add(jiff::SignedDuration::from_secs(1))
+            .unwrap_or(t)
+    } else {
+        t
+    }
+}
+
 /// The verdict's inputs, once the Service and target are known. `None` before that.
 pub fn inputs(es: &ElastiService, o: &Observed) -> Option<Inputs> {
     let TargetSeen::Replicas(replicas) = o.target else {
@@ -190,12 +202,12 @@ pub fn inputs(es: &ElastiService, o: &Observed) -> Option<Inputs> {
     let serving = find(&old.conditions, SERVING).filter(|c| c.status == "True");
     let ready_since = o
         .ready
-        .then(|| serving.map_or(o.now, |c| c.last_transition_time.0));
+        .then(|| serving.map_or(o.now, |c| stored(c.last_transition_time.0)));
     Some(Inputs {
         now: o.now,
-        created: es.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        last_scaled_up: old.last_scaled_up_time.as_ref().map(|t| t.0),
-        last_wake: old.last_wake_time.as_ref().map(|t| t.0),
+        created: es.metadata.creation_timestamp.as_ref().map(|t| stored(t.0)),
+        last_scaled_up: old.last_scaled_up_time.as_ref().map(|t| stored(t.0)),
+        last_wake: old.last_wake_time.as_ref().map(|t| stored(t.0)),
         ready_since,
         cooldown: Duration::from_secs(u64::try_from(es.spec.cooldown_period).unwrap_or(0)),
         replicas,

@@ -320,3 +320,28 @@ fn outside_the_window_nothing_is_announced_and_the_condition_says_why() {
     assert_eq!(state(&plan, SCALE_TO_ZERO_ALLOWED).1, "InvalidSchedule");
     assert!(plan.scale.is_none());
 }
+
+#[test]
+fn times_read_back_from_status_count_from_the_end_of_their_second() {
+    // metav1.Time keeps whole seconds: Ready "at 940" may have been 940.9, so at 1000 a
+    // 60 s cooldown of readiness is not over yet.
+    let es = es().with_condition(SERVING, true, "EndpointsReady", 940);
+    let plan = decide(&es, &seen());
+    assert!(plan.scale.is_none());
+    assert_ne!(
+        state(&plan, SCALE_DOWN_PENDING).0,
+        "True",
+        "announced before a whole cooldown of readiness"
+    );
+    let later = Observed {
+        now: at(1001),
+        ..seen()
+    };
+    assert_eq!(state(&decide(&es, &later), SCALE_DOWN_PENDING).0, "True");
+    // The same for the last wake.
+    let woken = serving().woken_at(940);
+    assert_ne!(
+        state(&decide(&woken, &seen()), SCALE_DOWN_PENDING).0,
+        "True"
+    );
+}
