@@ -18,6 +18,9 @@ use crate::operator::OperatorClient;
 /// How long one report may take; the next one is due a second later anyway.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How many times a report a non-leading operator refused is sent again at once.
+const REFUSED_RETRIES: usize = 8;
+
 /// What this agent would report now, per Service (namespace, name).
 pub type Snapshot = BTreeMap<(String, String), ServiceReport>;
 
@@ -96,7 +99,17 @@ impl Reporter {
                 incarnation: this.incarnation.clone(),
                 services: snapshot.values().take(MAX_SERVICES).cloned().collect(),
             };
-            let answer = this.client.post(PATH, &report, REQUEST_TIMEOUT).await;
+            // A non-leading replica refuses (503, connection closed); the operator's Service
+            // picks a replica per connection, so sending again at once soon reaches the
+            // leader. Waiting a second each time would let a scale-down's intercept timeout
+            // pass for this node (two replicas: 1 in 32 of them, measured in the demo).
+            let mut answer = this.client.post(PATH, &report, REQUEST_TIMEOUT).await;
+            for _ in 0..REFUSED_RETRIES {
+                if !matches!(answer, Ok(StatusCode::SERVICE_UNAVAILABLE)) {
+                    break;
+                }
+                answer = this.client.post(PATH, &report, REQUEST_TIMEOUT).await;
+            }
             let accepted = matches!(answer, Ok(s) if s.is_success());
             match &answer {
                 Ok(s) if s.is_success() => {
@@ -126,6 +139,74 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for two operator replicas behind a Service: the first `refusals`
+    /// connections get the non-leader's 503 and are closed, then 200. Returns the URL and
+    /// the count of requests seen.
+    async fn operators(refusals: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = vec![0u8; 64 << 10];
+                let _ = s.read(&mut buf).await;
+                let answer: &[u8] = if n < refusals {
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                };
+                let _ = s.write_all(answer).await;
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_report_refused_by_non_leaders_is_sent_again_at_once() {
+        let (url, seen) = operators(3).await;
+        let token =
+            std::env::temp_dir().join(format!("elasti-report-token-{}", std::process::id()));
+        std::fs::write(&token, "t").unwrap_or_else(|e| panic!("{e}"));
+        let reporter = Reporter::new(
+            OperatorClient::new(crate::operator::Config {
+                operator_url: url,
+                token_path: token.clone(),
+            }),
+            "n1".into(),
+            "i1".into(),
+        );
+        reporter.offer(snapshot(&[("web", 0, 0, true)]), Instant::now());
+        let accepted = tokio::time::timeout(Duration::from_millis(800), async {
+            loop {
+                let done = reporter
+                    .state
+                    .lock()
+                    .map(|s| s.0.accepted.is_some())
+                    .unwrap_or(false);
+                if done {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        let _ = std::fs::remove_file(&token);
+        assert!(
+            accepted.is_ok(),
+            "not accepted within 800 ms; requests seen: {}",
+            seen.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
 
     fn snapshot(entries: &[(&str, u64, u64, bool)]) -> Snapshot {
         entries
