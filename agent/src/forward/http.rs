@@ -188,33 +188,27 @@ impl HttpForwarder {
         })
     }
 
-    /// Answers every request on `io` with what `refused` means (503 with `Retry-After` for
-    /// a full queue, 504 for the deadline, 503 for a missing target), then closes.
     /// Answers a `probeResponse` health check with its rule's reply, then closes.
     pub async fn answer_probe(&self, io: TcpStream, answer: crate::listen::probe::Answer) {
-        let svc = service_fn(move |_req: Request<Incoming>| {
+        Self::answer_once(io, move || {
             let answer = answer.clone();
-            async move {
-                let mut r = Response::new(
-                    Full::new(answer.body)
-                        .map_err(|never| match never {})
-                        .boxed(),
-                );
-                *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
-                if let Some(ct) = answer.content_type {
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-                }
+            let mut r = Response::new(
+                Full::new(answer.body)
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+            if let Some(ct) = answer.content_type {
                 r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                Ok::<_, Infallible>(r)
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
             }
-        });
-        let server = Self::server();
-        let conn = server.serve_connection(TokioIo::new(io), svc);
-        let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
+            r
+        })
+        .await;
     }
 
+    /// Answers every request on `io` with what `refused` means (503 with `Retry-After` for
+    /// a full queue, 504 for the deadline, 503 for a missing target), then closes.
     pub async fn refuse(&self, io: TcpStream, refused: &HoldError) {
         let (code, body): (StatusCode, &'static str) = match refused {
             HoldError::QueueFull(_) | HoldError::NodeFull(_) => {
@@ -230,18 +224,30 @@ impl HttpForwarder {
             ),
         };
         let retry = matches!(refused, HoldError::QueueFull(_) | HoldError::NodeFull(_));
-        let svc = service_fn(move |_req: Request<Incoming>| async move {
+        Self::answer_once(io, move || {
             let mut r = status(code, body);
             if retry {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
+            r
+        })
+        .await;
+    }
+
+    /// Serves `io` one answer made by `answer`, with `Connection: close`, then lets it go
+    /// (within [`HEADER_READ_TIMEOUT`]).
+    async fn answer_once<F>(io: TcpStream, answer: F)
+    where
+        F: Fn() -> Response<Body> + Clone + Send + 'static,
+    {
+        let svc = service_fn(move |_req: Request<Incoming>| {
+            let mut r = answer();
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Ok::<_, Infallible>(r)
+            async move { Ok::<_, Infallible>(r) }
         });
         let server = Self::server();
-        // One answer (it says `Connection: close`), then gone.
         let conn = server.serve_connection(TokioIo::new(io), svc);
         let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await;
     }
