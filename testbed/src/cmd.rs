@@ -92,6 +92,55 @@ pub fn run_logged_counting(
     log: &Path,
     total: Option<(usize, &str)>,
 ) -> Result<()> {
+    run_logged_inner(step, cmd, log, total, None)
+}
+
+/// A step that ran past its limit and was stopped (its whole process group killed).
+#[derive(Debug)]
+pub struct TimedOut {
+    pub step: String,
+    pub limit: Duration,
+    /// The last lines of its log.
+    pub tail: String,
+}
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: still running after {}; stopped; its last lines:\n{}",
+            self.step,
+            elapsed_text(self.limit),
+            self.tail
+        )
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// [`run_logged`] for a command that may hang: after `limit`, `on_hang` is given its PID
+/// (its process group) to look at what hangs while it still does, then the command and everything it started are killed, and the
+/// error is a [`TimedOut`].
+pub fn run_logged_within(
+    step: &str,
+    cmd: &mut Command,
+    log: &Path,
+    limit: Duration,
+    on_hang: &dyn Fn(u32),
+) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    // Its own process group, so that the kill reaches what it started (podman, netavark).
+    cmd.process_group(0);
+    run_logged_inner(step, cmd, log, None, Some((limit, on_hang)))
+}
+
+fn run_logged_inner(
+    step: &str,
+    cmd: &mut Command,
+    log: &Path,
+    total: Option<(usize, &str)>,
+    limit: Option<(Duration, &dyn Fn(u32))>,
+) -> Result<()> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -108,6 +157,24 @@ pub fn run_logged_counting(
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
+        }
+        if let Some((limit, on_hang)) = limit
+            && start.elapsed() >= limit
+        {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            on_hang(child.id());
+            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(TimedOut {
+                step: step.to_string(),
+                limit,
+                tail: tail(&text, 25),
+            }
+            .into());
         }
         thread::sleep(Duration::from_millis(500));
         if tty || last_beat.elapsed() >= HEARTBEAT {
@@ -187,6 +254,41 @@ pub fn stream_lines(step: &str, cmd: &mut Command, mut each: impl FnMut(&str)) -
         bail!("{step}: {} exited with {status}", describe(cmd));
     }
     Ok(())
+}
+
+/// The processes of process group `pgid`, one line each: PID, state, what the kernel waits
+/// in (`wchan`), command line. For saying where a hung step hangs.
+pub fn process_group(pgid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for pid in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+    {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the `(comm)`: state, ppid, pgrp.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        found.push(format!(
+            "{pid} {} wchan={} {}",
+            fields.first().unwrap_or(&"?"),
+            if wchan.is_empty() { "-" } else { &wchan },
+            cmdline.trim().chars().take(160).collect::<String>()
+        ));
+    }
+    found
 }
 
 /// `cmd` as a shell-like line, for error messages.
@@ -293,5 +395,48 @@ mod tests {
             "{text}"
         );
         let _ = std::fs::remove_file(log);
+    }
+
+    #[test]
+    fn a_hung_command_is_stopped_at_its_limit_with_what_it_started() {
+        let dir = std::env::temp_dir().join(format!("elasti-cmd-hang-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let (log, pid_file) = (dir.join("log"), dir.join("pid"));
+        let looked = std::cell::Cell::new(false);
+        let started = Instant::now();
+        let err = run_logged_within(
+            "the step",
+            Command::new("sh").arg("-c").arg(format!(
+                "echo preparing; sleep 60 & echo $! > {}; wait",
+                pid_file.display()
+            )),
+            &log,
+            Duration::from_secs(1),
+            &|pid| looked.set(process_group(pid).iter().any(|p| p.contains("sleep 60"))),
+        )
+        .expect_err("it hangs");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stopped at its limit"
+        );
+        assert!(
+            looked.get(),
+            "the hang was looked at, its background child listed, before the kill"
+        );
+        let timed_out = err.downcast_ref::<TimedOut>().expect("a TimedOut");
+        assert_eq!(timed_out.tail, "preparing");
+        assert!(format!("{err:#}").starts_with("the step: still running after 1s"));
+        // The background `sleep` is in the killed group: gone (a zombie at most, until init
+        // reaps it).
+        let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("{e}"));
+        let gone = || match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+            Err(_) => true,
+            Ok(stat) => stat.contains(") Z "),
+        };
+        assert!(
+            wait_for("the killed child", Duration::from_secs(5), gone).is_ok(),
+            "the command's child was killed too"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -140,11 +140,25 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
 }
 
-/// Another ElastiService in `all` that came first (creation time, then name) and names
-/// the same Service or the same target as `es`. Pure.
+/// Another ElastiService in `all` that comes first and names the same Service or the same
+/// target as `es`. First is the one already managing them (its status says `Conflict:
+/// False`), then the older (creation time), then the name. Creation time alone is not
+/// enough: it keeps whole seconds, so one created a moment later may carry the same second
+/// and, by name, take over from the one that manages. Pure.
 pub fn conflict(es: &ElastiService, all: &[Arc<ElastiService>]) -> Option<String> {
     let ns = es.namespace();
-    let key = |e: &ElastiService| (e.metadata.creation_timestamp.clone(), e.name_any());
+    let managing = |e: &ElastiService| {
+        e.status
+            .as_ref()
+            .is_some_and(|s| find(&s.conditions, CONFLICT).is_some_and(|c| c.status == "False"))
+    };
+    let key = |e: &ElastiService| {
+        (
+            !managing(e),
+            e.metadata.creation_timestamp.clone(),
+            e.name_any(),
+        )
+    };
     let target = |e: &ElastiService| {
         (
             e.spec.scale_target_ref.kind.normalized(),

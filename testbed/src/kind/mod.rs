@@ -34,6 +34,10 @@ pub const NETWORK: &str = "elasti-kind";
 pub const NETWORK_SUBNET: &str = "10.89.0.0/24";
 /// The apiserver's port on the control-plane node.
 const APISERVER_PORT: u16 = 6443;
+/// `kind create cluster` takes 30–40 s here (three nodes, 2 cores). Once, in CI, its
+/// `podman run`s hung with the nodes created but never started (each with a network
+/// namespace holding only `lo`): past this it is stopped, torn down and tried once more.
+const CREATE_LIMIT: Duration = Duration::from_secs(150);
 /// Nodes Ready, CoreDNS rolled out: generous for 2 cores.
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -232,7 +236,18 @@ pub fn up(workers: usize) -> Result<Cluster> {
             bail!("cluster up: could not clean up: {}", still.join("; "));
         }
     }
-    match create(provider, workers) {
+    let created = match create(provider, workers) {
+        Err(e) if e.downcast_ref::<cmd::TimedOut>().is_some() => {
+            eprintln!("{e:#}\n==> tearing down the hung cluster and trying once more");
+            let still = sweep::sweep();
+            if !still.is_empty() {
+                bail!("cluster up: could not clean up: {}", still.join("; "));
+            }
+            create(provider, workers)
+        }
+        other => other,
+    };
+    match created {
         Ok(c) => Ok(c),
         Err(e) => {
             if std::env::var_os("ELASTI_KEEP_FAILED").is_some() {
@@ -291,10 +306,12 @@ fn create(provider: Provider, workers: usize) -> Result<Cluster> {
     if std::env::var_os("ELASTI_KEEP_FAILED").is_some() {
         create.arg("--retain");
     }
-    cmd::run_logged(
+    cmd::run_logged_within(
         "kind create cluster",
         &mut create,
         &state.join("kind-create.log"),
+        CREATE_LIMIT,
+        &|pid| describe_hang(provider, pid),
     )?;
     p.done();
     let cluster = Cluster::discover()?;
@@ -335,6 +352,29 @@ fn create(provider: Provider, workers: usize) -> Result<Cluster> {
 /// Points the kubeconfig kind wrote (127.0.0.1 and a published port) at the control
 /// plane's own address, which every node's namespace reaches too. The apiserver's
 /// certificate names that address (kubeadm's advertise address).
+/// What a hung `kind create` is waiting for, for the log: the nodes' states and every
+/// process it started (podman, netavark, runc) with where each waits.
+fn describe_hang(provider: Provider, kind_pid: u32) {
+    // `podman ps` may wait on the same lock as what hangs.
+    let nodes = cmd::output(
+        "podman ps",
+        provider.command("timeout").args([
+            "10",
+            provider.name(),
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}} {{.State}} {{.Status}}",
+        ]),
+    )
+    .unwrap_or_else(|e| format!("{e:#}"));
+    eprintln!(
+        "kind create cluster hangs; the nodes:\n    {}\nits processes (pid state wchan command):\n    {}",
+        nodes.trim().replace('\n', "\n    "),
+        cmd::process_group(kind_pid).join("\n    ")
+    );
+}
+
 fn point_kubeconfig_at(kubeconfig: &Path, control_plane_ip: &str) -> Result<()> {
     let text = std::fs::read_to_string(kubeconfig)?;
     let mut kc: serde_yaml::Value = serde_yaml::from_str(&text)?;

@@ -280,6 +280,44 @@ fn conflicts_go_to_the_later_elastiservice() {
 }
 
 #[test]
+fn the_one_already_managing_keeps_it_against_one_created_in_the_same_second() {
+    // creationTimestamp keeps whole seconds: `api` may carry the same second as `web`,
+    // which it came after, and sorts before it by name.
+    let mut web = es();
+    web.status = Some(ElastiServiceStatus {
+        conditions: vec![crate::status::condition(
+            CONFLICT,
+            false,
+            "NoConflict",
+            "",
+            Some(1),
+            at(0),
+        )],
+        ..Default::default()
+    });
+    let mut api = es();
+    api.metadata.name = Some("api".into());
+    api.spec.service = "api".into();
+    let (web, api) = (Arc::new(web), Arc::new(api));
+    let all = vec![web.clone(), api.clone()];
+    assert!(
+        conflict(&api, &all)
+            .is_some_and(|m| m.contains("ElastiService web") && m.contains("Deployment web")),
+        "the later one is the conflict"
+    );
+    assert!(conflict(&web, &all).is_none(), "the one managing keeps it");
+    // Neither managing yet (an operator's first look at both): creation time, then name.
+    let fresh = |e: &ElastiService| {
+        let mut e = e.clone();
+        e.status = None;
+        Arc::new(e)
+    };
+    let (web, api) = (fresh(&web), fresh(&api));
+    let all = vec![web.clone(), api.clone()];
+    assert!(conflict(&web, &all).is_some() && conflict(&api, &all).is_none());
+}
+
+#[test]
 fn unsupported_services_and_missing_targets_say_so() {
     let mut o = seen();
     o.service = ServiceSeen::NotSupported("headless (clusterIP: None)".into());
