@@ -321,6 +321,15 @@ pub async fn run_until(
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+    // Nothing is held any more, but what was released may still be on its way: an answer
+    // the pod has not sent yet, a TCP splice. Exiting now would cut them off mid-forward;
+    // they end by themselves (HTTP with its first answer), by the deadline at the latest.
+    let in_flight = || args.max_connections - io.caps.node.available_permits();
+    while in_flight() > 0 && Instant::now() < deadline {
+        health.beat();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(cut_off = in_flight(), "drained");
     drop(interceptor);
     match proxy_interface {
         Some(link) if args.remove_interface_on_exit => link.remove().await?,
@@ -628,7 +637,7 @@ impl Io {
             Some((_, l)) => l.inject(conn),
             None => {
                 // Not listened on any more (its service is Ready): served all the same.
-                crate::listen::listener::serve_one(conn, ctx.clone());
+                crate::listen::listener::serve_one(conn, ctx.clone(), &self.caps.node);
             }
         }
     }

@@ -307,3 +307,21 @@ pub fn jsonpath(namespace: &str, what: &str, path: &str) -> String {
     ])
     .unwrap_or_default()
 }
+
+/// The logs of an operator or agent run in-process go to the test's captured output, so a
+/// failing test shows what it did (`ELASTI_TEST_LOG` overrides the filter). Once per test
+/// binary.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_env("ELASTI_TEST_LOG").unwrap_or_else(|_| {
+                "elasti_operator=debug,elasti_agent=debug,kube_runtime=info,warn".into()
+            });
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}

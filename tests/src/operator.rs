@@ -21,21 +21,6 @@ pub struct RunningOperator {
     pub admin_address: SocketAddr,
 }
 
-/// The operator's logs go to the test's captured output, so a failing test shows what the
-/// operator did (`ELASTI_TEST_LOG` overrides the filter). Once per test binary.
-fn capture_logs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("ELASTI_TEST_LOG")
-            .unwrap_or_else(|_| "elasti_operator=debug,kube_runtime=info,warn".into());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .with_ansi(false)
-            .try_init();
-    });
-}
-
 /// A free loopback port (bound and released; the operator binds it right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -48,7 +33,7 @@ impl RunningOperator {
     /// Starts `elasti-operator` with `args` (after the program name) plus its own wake and
     /// admin addresses on loopback.
     pub fn start(args: &[&str]) -> Self {
-        capture_logs();
+        crate::capture_logs();
         let wake_address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin_address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut argv = vec![

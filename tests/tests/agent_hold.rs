@@ -43,34 +43,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
     ])?;
     let cluster_ip = cluster_ip(ns, "web")?;
 
-    let token = std::env::temp_dir().join(format!("elasti-token-{}", std::process::id()));
-    std::fs::write(&token, "test-token")?;
-    let args = elasti_agent::config::Args::parse_from([
-        "elasti-agent",
-        "--cgroup-path",
-        node_cgroup.to_str().unwrap_or_default(),
-        // The default proxy address: link-local, on a link the agent makes (and removes).
-        "--proxy-interface",
-        "elasti0",
-        "--admin-address",
-        ADMIN,
-        "--handback-grace-ms",
-        "1000",
-        "--hold-timeout-secs",
-        "120",
-        // No operator in this suite: the wake is attempted and counted as unreachable.
-        "--operator-url",
-        "http://127.0.0.1:1",
-        "--token-path",
-        token.to_str().unwrap_or_default(),
-    ]);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let agent = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(elasti_agent::run::run_until(args, async {
-            let _ = stop_rx.await;
-        }))
-    });
+    let (token, stop_tx, agent) = start_agent(&node_cgroup)?;
     wait_until("agent ready", Duration::from_secs(30), || {
         metrics_text(ADMIN).contains("# EOF").then_some(())
     })?;
@@ -174,5 +147,109 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
         "the agent removed its link on shutdown"
     );
     let _ = std::fs::remove_file(token);
+    Ok(())
+}
+
+/// The agent in-process on its own runtime thread, attached at `node_cgroup`, with the
+/// default proxy address on a link it makes; sending on the channel stops it as SIGTERM
+/// would (it drains). Returns the token file to remove afterwards.
+#[allow(clippy::type_complexity)]
+fn start_agent(
+    node_cgroup: &std::path::Path,
+) -> anyhow::Result<(
+    std::path::PathBuf,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<Result<(), elasti_agent::run::Error>>,
+)> {
+    capture_logs();
+    let token = std::env::temp_dir().join(format!("elasti-token-{}", std::process::id()));
+    std::fs::write(&token, "test-token")?;
+    let args = elasti_agent::config::Args::parse_from([
+        "elasti-agent",
+        "--cgroup-path",
+        node_cgroup.to_str().unwrap_or_default(),
+        // The default proxy address: link-local, on a link the agent makes (and removes).
+        "--proxy-interface",
+        "elasti0",
+        "--admin-address",
+        ADMIN,
+        "--handback-grace-ms",
+        "1000",
+        "--hold-timeout-secs",
+        "120",
+        // No operator in this suite: the wake is attempted and counted as unreachable.
+        "--operator-url",
+        "http://127.0.0.1:1",
+        "--token-path",
+        token.to_str().unwrap_or_default(),
+    ]);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(elasti_agent::run::run_until(args, async {
+            let _ = stop_rx.await;
+        }))
+    });
+    Ok((token, stop_tx, agent))
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn a_request_released_while_the_agent_drains_is_answered_before_it_exits() -> anyhow::Result<()> {
+    require_cluster();
+    install_crd()?;
+    let ns = TempNamespace::create("drain")?;
+    let ns = ns.name.as_str();
+    let node = cluster().home();
+    let web = App::http("web").replicas(0);
+    deploy(ns, &web)?;
+    deploy_client(ns, "client", Some(&node.name), false)?;
+    apply_es(ns, &web.elastiservice())?;
+    kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "elastiservice",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"mode":"proxy","proxyPorts":[{"name":"http","port":80,"protocol":"TCP","proxyPort":24081}]}}"#,
+    ])?;
+    let cluster_ip = cluster_ip(ns, "web")?;
+    let (token, stop_tx, agent) = start_agent(&node.cgroup()?)?;
+    // The service's gauge appears in the step that listens and steers (no connect to find
+    // out: that connect would be held too).
+    let held_gauge = format!("elasti_agent_held{{namespace=\"{ns}\",service=\"web\",port=\"80\"}}");
+    wait_until(
+        "the agent holding the port",
+        Duration::from_secs(30),
+        || metric_value(ADMIN, &held_gauge).filter(|v| *v == 0.0),
+    )?;
+    // Held, then the pod takes 3 s to answer it: the agent is told to stop in between,
+    // as a rolling update's SIGTERM would.
+    let url = format!("http://{cluster_ip}/slow?ms=3000");
+    let ns_owned = ns.to_string();
+    let request = std::thread::spawn(move || get_from_client_pod(&ns_owned, &url, 90));
+    let held = wait_until("the request held", Duration::from_secs(30), || {
+        metric_value(ADMIN, &held_gauge).filter(|v| *v >= 1.0)
+    });
+    if let Err(e) = held {
+        let _ = stop_tx.send(());
+        let _ = agent.join();
+        let _ = std::fs::remove_file(&token);
+        anyhow::bail!("{e}; the request: {:?}", request.join().expect("thread"));
+    }
+    let _ = stop_tx.send(());
+    kube()?.scale(ns, "deployments", "web", 1)?;
+    let answer = request.join().expect("thread");
+    let stopped = agent.join().expect("agent thread");
+    let _ = std::fs::remove_file(token);
+    let answer = answer?;
+    anyhow::ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the request released during the drain was cut off when the agent exited: {answer}"
+    );
+    stopped?;
     Ok(())
 }

@@ -188,15 +188,20 @@ impl Drop for ProxyListener {
 }
 
 /// Serves one connection outside any listener (handed back by the supervisor after its
-/// port's listener closed).
-pub fn serve_one(conn: Conn, ctx: Context) {
+/// port's listener closed), counted in the node's cap as the listeners' are (a drain waits
+/// for it); past the cap it is served all the same: it was accepted long ago.
+pub fn serve_one(conn: Conn, ctx: Context, node: &Arc<Semaphore>) {
+    let permit = node.clone().try_acquire_owned().ok();
     let balancer = Arc::new(Balancer::default());
     let http = Arc::new(HttpForwarder::new(
         ctx.service.clone(),
         ctx.metrics.clone(),
         balancer.clone(),
     ));
-    tokio::spawn(handle(conn, ctx, balancer, http));
+    tokio::spawn(async move {
+        handle(conn, ctx, balancer, http).await;
+        drop(permit);
+    });
 }
 
 async fn handle(conn: Conn, ctx: Context, balancer: Arc<Balancer>, http: Arc<HttpForwarder>) {
