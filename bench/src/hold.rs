@@ -187,17 +187,7 @@ pub fn monotonic_ns() -> u64 {
 pub async fn capacity_round(n: usize, http: bool) -> Result<Round> {
     let p = proxy(n)?;
     let protocol = if http { "http" } else { "tcp" };
-    let mut backend_child = Command::new(std::env::current_exe()?)
-        .args(["backend", protocol])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut backend_out =
-        BufReader::new(backend_child.stdout.take().context("backend stdout")?).lines();
-    let backend: SocketAddr = backend_out
-        .next()
-        .and_then(|l| l.ok())
-        .and_then(|l| l.strip_prefix("addr=").and_then(|a| a.parse().ok()))
-        .context("backend address")?;
+    let (mut backend_child, backend) = spawn_backend(protocol)?;
     let before = rss_kib();
     let mut child = Command::new(std::env::current_exe()?)
         .args([
@@ -297,7 +287,28 @@ pub async fn handoff(wakes: usize) -> Result<Handoff> {
     })
 }
 
-/// The backend child of [`capacity`] and [`super::throughput`]: serves the HTTP workload, a
+/// Starts the [`backend`] child for `protocol`; its address.
+pub fn spawn_backend(protocol: &str) -> Result<(std::process::Child, SocketAddr)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["backend", protocol])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let addr = BufReader::new(child.stdout.take().context("backend stdout")?)
+        .lines()
+        .next()
+        .and_then(|l| l.ok())
+        .and_then(|l| l.strip_prefix("addr=").and_then(|a| a.parse().ok()));
+    match addr {
+        Some(addr) => Ok((child, addr)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the {protocol} backend did not say its address")
+        }
+    }
+}
+
+/// The backend child of [`capacity`], [`super::throughput`] and [`super::proxy_in_path`]: serves the HTTP workload, a
 /// line echo or a sink on a free loopback port, printing `addr=…` first.
 pub async fn backend(protocol: &str) -> Result<()> {
     // A listen backlog of `somaxconn` (4096 here), as Go servers get. With tokio's 1024

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 mod connect_cost;
 mod hold;
+mod proxy_in_path;
 mod throughput;
 
 #[derive(Parser)]
@@ -43,6 +44,15 @@ struct Args {
     /// Rounds of the throughput bench (each: one transfer direct, one through the agent).
     #[arg(long, default_value_t = 5)]
     transfer_rounds: usize,
+    /// Rounds of the proxy comparison (each: wrk direct, through the agent, through nginx).
+    #[arg(long, default_value_t = 3)]
+    proxy_rounds: usize,
+    /// Seconds of each wrk run in the proxy comparison.
+    #[arg(long, default_value_t = 5)]
+    proxy_secs: u32,
+    /// The peer reverse proxy's binary [default: the nginx `cargo xtask setup` unpacked].
+    #[arg(long)]
+    nginx: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +71,8 @@ enum Cmd {
     CapacityRound { protocol: String, held: usize },
     /// (internal) The client of the throughput bench.
     Send { to: SocketAddr, bytes: u64 },
+    /// The proxy comparison alone (agent, nginx, direct), its figures printed as JSON.
+    ProxyInPath,
 }
 
 #[derive(Serialize)]
@@ -71,6 +83,7 @@ struct Results {
     handoff: hold::Handoff,
     capacity: Vec<hold::Capacity>,
     throughput: throughput::Throughput,
+    proxy_in_path: proxy_in_path::ProxyInPath,
 }
 
 fn main() -> Result<()> {
@@ -91,6 +104,19 @@ fn main() -> Result<()> {
         Some(Cmd::Send { to, bytes }) => {
             tokio::runtime::Runtime::new()?.block_on(throughput::send(to, bytes))
         }
+        Some(Cmd::ProxyInPath) => {
+            let nginx = args
+                .nginx
+                .clone()
+                .unwrap_or_else(elasti_testbed::paths::nginx);
+            let figures = tokio::runtime::Runtime::new()?.block_on(proxy_in_path::run(
+                &nginx,
+                args.proxy_rounds,
+                args.proxy_secs,
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
         Some(Cmd::HoldClients { addr, n, protocol }) => tokio::runtime::Runtime::new()?
             .block_on(hold::hold_clients(addr, n, protocol == "http")),
         None => {
@@ -103,6 +129,15 @@ fn main() -> Result<()> {
             ];
             let throughput =
                 rt.block_on(throughput::run(args.transfer_bytes, args.transfer_rounds))?;
+            let nginx = args
+                .nginx
+                .clone()
+                .unwrap_or_else(elasti_testbed::paths::nginx);
+            let proxy_in_path = rt.block_on(proxy_in_path::run(
+                &nginx,
+                args.proxy_rounds,
+                args.proxy_secs,
+            ))?;
             let results = Results {
                 date: date(),
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -110,6 +145,7 @@ fn main() -> Result<()> {
                 handoff,
                 capacity,
                 throughput,
+                proxy_in_path,
             };
             std::fs::create_dir_all(&args.out)?;
             std::fs::write(
@@ -185,6 +221,28 @@ fn markdown(r: &Results) -> String {
         t.agent_mb_s.p50,
         t.agent_mb_s.p50 / t.direct_mb_s.p50
     );
+    let x = &r.proxy_in_path;
+    for (mode, paths) in [
+        ("keep-alive client", &x.keep_alive),
+        ("a connection per request", &x.per_request),
+    ] {
+        s += &format!(
+            "| HTTP/1.1 through a proxy, pods Ready, {mode} (wrk c={}, {} rounds × {} s), req/s / p99 | nginx {} {:.0} / {:.2} ms; pod direct {:.0} / {:.2} ms | through the agent {:.0} / {:.2} ms | | agent/nginx {:.2} (goal ≥ 1.0), p99 {:.2}× nginx's (goal ≤ 1.0); agent/direct {:.2} (goal ≥ 0.5) |\n",
+            x.connections,
+            paths.agent.req_s.n,
+            x.seconds,
+            x.nginx_version,
+            paths.nginx.req_s.p50,
+            paths.nginx.p99_ms.p50,
+            paths.direct.req_s.p50,
+            paths.direct.p99_ms.p50,
+            paths.agent.req_s.p50,
+            paths.agent.p99_ms.p50,
+            paths.agent.req_s.p50 / paths.nginx.req_s.p50,
+            paths.agent.p99_ms.p50 / paths.nginx.p99_ms.p50,
+            paths.agent.req_s.p50 / paths.direct.req_s.p50,
+        );
+    }
     s += &format!(
         "\nconnect() samples (ns, min/median/max): baseline {:.0}/{:.0}/{:.0}, miss {:.0}/{:.0}/{:.0}, hit {:.0}/{:.0}/{:.0}, count-only {:.0}/{:.0}/{:.0}. Hand-off samples (µs, min/median/max): {:.0}/{:.0}/{:.0}.\n",
         c.baseline_ns.min,

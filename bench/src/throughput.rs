@@ -3,7 +3,6 @@
 //! (its service Ready, as in the hand-back grace), in alternating rounds. Bytes per second
 //! from the client's connect to the sink's acknowledgement of the last byte.
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     process::{Command, Stdio},
     time::Instant,
@@ -36,16 +35,7 @@ pub struct Throughput {
 /// alternates each round).
 pub async fn run(bytes: u64, rounds: usize) -> Result<Throughput> {
     let p = super::hold::proxy(64)?;
-    let mut sink = Command::new(std::env::current_exe()?)
-        .args(["backend", "sink"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let sink_addr: SocketAddr = BufReader::new(sink.stdout.take().context("sink stdout")?)
-        .lines()
-        .next()
-        .and_then(|l| l.ok())
-        .and_then(|l| l.strip_prefix("addr=").and_then(|a| a.parse().ok()))
-        .context("sink address")?;
+    let (mut sink, sink_addr) = super::hold::spawn_backend("sink")?;
     p.endpoints.send_replace(Endpoints::from(vec![sink_addr]));
     let (mut direct, mut agent) = (Vec::new(), Vec::new());
     let result = (|| -> Result<()> {

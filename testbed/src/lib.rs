@@ -6,7 +6,7 @@
 //! - [`objects`]: the workloads, clients and ElastiServices the suites deploy;
 //! - [`elasti`]: elasti's install from its chart, and its agents' metrics;
 //! - [`prometheus`]: a real Prometheus beside the cluster;
-//! - [`stats`]: min / median / p99 / max of samples;
+//! - [`stats`]: min / median / p99 / max of samples; [`wrk`]: the HTTP load generator;
 //! - [`netns`], [`cmd`], [`paths`]: the cluster's network namespace, running tools with
 //!   progress, and where everything lives.
 //!
@@ -20,3 +20,4 @@ pub mod objects;
 pub mod paths;
 pub mod prometheus;
 pub mod stats;
+pub mod wrk;

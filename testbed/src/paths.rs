@@ -87,6 +87,12 @@ pub fn go_root() -> PathBuf {
     cache().join(format!("go-{GO_VERSION}"))
 }
 
+/// nginx from Debian, unpacked (not installed: an installed nginx would start serving
+/// port 80) by `setup` as the bench's peer reverse proxy. A link to the version unpacked.
+pub fn nginx() -> PathBuf {
+    cache().join("deb/nginx/usr/sbin/nginx")
+}
+
 pub fn kind_bin() -> PathBuf {
     cache().join(format!("kind-v{KIND_VERSION}/bin"))
 }

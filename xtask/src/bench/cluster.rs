@@ -3,8 +3,6 @@
 //! - warm overhead: `wrk` through a serving Service's ClusterIP from a client in the pods'
 //!   intercepted cgroup, with elasti installed (agent attached, ElastiService in serve
 //!   mode) versus not installed at all, alternating rounds;
-//! - proxy throughput in the grace window: `wrk` through the agent's proxy port versus
-//!   straight to the pod;
 //! - operator reaction to a wake: `POST /v1/wake` → 202 (the `/scale` patch is done by
 //!   then) versus the same `/scale` patch sent straight to the apiserver;
 //! - cold requests, split into wake, the pod's own start and the hand-off
@@ -30,6 +28,7 @@ use elasti_testbed::{
     objects::App,
     paths,
     stats::{median, summarize},
+    wrk::{self, Wrk},
 };
 use serde_json::json;
 
@@ -47,14 +46,6 @@ const SCALE_DOWNS: usize = 10;
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| Cluster::discover().unwrap_or_else(|e| panic!("bench: {e:#}")))
-}
-
-/// One wrk run.
-#[derive(Clone, Copy, Debug, Default)]
-struct Wrk {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
 }
 
 fn kubectl(args: &[&str]) -> Result<String> {
@@ -87,40 +78,12 @@ fn output_in_pods_cgroup(program: &str, args: &[&str]) -> Result<String> {
 
 /// wrk from the pods' cgroup subtree.
 fn wrk(url: &str, secs: u32) -> Result<Wrk> {
+    let args = wrk::args(url, 32, secs);
     let out = output_in_pods_cgroup(
-        "/usr/bin/wrk",
-        &["-t2", "-c32", &format!("-d{secs}s"), "--latency", url],
+        wrk::PROGRAM,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
-    parse_wrk(url, &out)
-}
-fn parse_wrk(url: &str, out: &str) -> Result<Wrk> {
-    let ms = |s: &str| -> Option<f64> {
-        if let Some(v) = s.strip_suffix("us") {
-            v.parse::<f64>().ok().map(|v| v / 1000.0)
-        } else if let Some(v) = s.strip_suffix("ms") {
-            v.parse().ok()
-        } else if let Some(v) = s.strip_suffix('s') {
-            v.parse::<f64>().ok().map(|v| v * 1000.0)
-        } else {
-            None
-        }
-    };
-    let mut w = Wrk::default();
-    for line in out.lines() {
-        if line.contains("Non-2xx") || line.contains("Socket errors") {
-            bail!("wrk saw errors against {url}: {line}");
-        }
-        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-            ["Requests/sec:", v] => w.rps = v.parse().unwrap_or(0.0),
-            ["50%", v] => w.p50_ms = ms(v).unwrap_or(0.0),
-            ["99%", v] => w.p99_ms = ms(v).unwrap_or(0.0),
-            _ => {}
-        }
-    }
-    if w.rps == 0.0 {
-        bail!("wrk output not understood:\n{out}");
-    }
-    Ok(w)
+    wrk::parse(url, &out)
 }
 
 fn install_elasti() -> Result<()> {
@@ -184,12 +147,13 @@ fn parse_curl_timed(out: &str) -> Result<(f64, u16)> {
     Ok((secs.parse::<f64>()? * 1000.0, code.parse()?))
 }
 
-/// `curl` beside the cluster: its total time in milliseconds, and the HTTP code.
+/// `curl` on the bench's node: its total time in milliseconds, and the HTTP code.
 fn curl_timed(args: &[&str]) -> Result<(f64, u16)> {
+    // From the bench's node: ClusterIPs (the operator's wake Service) answer only there.
     parse_curl_timed(&cmd::output(
         "curl",
         cluster()
-            .command("/usr/bin/curl")
+            .command_on(cluster().home(), "/usr/bin/curl")
             .args(CURL_TIMED)
             .args(args),
     )?)
@@ -293,8 +257,6 @@ fn summary(v: &[f64]) -> serde_json::Value {
 pub enum Figure {
     /// Warm overhead: ClusterIP throughput and latency, elasti installed vs not.
     Warm,
-    /// Throughput through the agent's proxy port (the grace window) vs the pod.
-    Grace,
     /// Operator reaction to a wake call.
     Wake,
     /// Cold requests, broken down, vs cold starts with no request.
@@ -346,9 +308,6 @@ fn measure(rounds: usize, figures: &[Figure]) -> Result<Section> {
         add("warm", warm(&url, rounds)?);
     }
     install_elasti()?;
-    if figures.contains(&Figure::Grace) {
-        add("grace_window", grace(rounds)?);
-    }
     if figures.contains(&Figure::Wake) {
         add("operator_reaction_ms", wake()?);
     }
@@ -432,44 +391,6 @@ fn warm(url: &str, rounds: usize) -> Result<Section> {
     Ok((rows, json))
 }
 
-/// Through the agent's proxy port versus straight to the pod.
-fn grace(rounds: usize) -> Result<Section> {
-    let proxy_port = jsonpath("elastiservice/web", "{.status.proxyPorts[0].proxyPort}")?;
-    let pod_ip = kubectl(&[
-        "-n",
-        NS,
-        "get",
-        "pods",
-        "-l",
-        "app=web",
-        "-o",
-        "jsonpath={.items[0].status.podIP}",
-    ])?;
-    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
-    let p = cmd::Progress::start("grace-window throughput: agent proxy port vs pod");
-    for _ in 0..rounds {
-        direct.push(wrk(&format!("http://{pod_ip}:8080/"), WRK_SECS)?);
-        proxied.push(wrk(
-            &format!("http://169.254.20.11:{proxy_port}/"),
-            WRK_SECS,
-        )?);
-    }
-    p.done();
-    let (d, x) = (median(&rps(&direct)), median(&rps(&proxied)));
-    let rows = format!(
-        "| proxy in path (grace window), req/s | pod direct {d:.0} | via agent {x:.0} | direct/agent {:.3} |\n\
-         | proxy in path, p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms | |\n",
-        d / x.max(1e-9),
-        p50(&direct),
-        p99(&direct),
-        p50(&proxied),
-        p99(&proxied)
-    );
-    let json =
-        json!({"direct_rps": summary(&rps(&direct)), "proxied_rps": summary(&rps(&proxied))});
-    Ok((rows, json))
-}
-
 /// Operator reaction: wake → 202 (scale patched) vs the same patch straight.
 fn wake() -> Result<Section> {
     let token = kubectl(&[
@@ -547,19 +468,4 @@ fn wake() -> Result<Section> {
         "wake_to_patch_seen": summary(&wake_to_patched),
     });
     Ok((rows, json))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrk_output_parses() {
-        let out = "Running 8s test\n  Latency Distribution\n     50%  412.00us\n     75%  1.02ms\n     99%    3.10ms\n  1000 requests in 8.00s\nRequests/sec:   1250.50\n";
-        let w = parse_wrk("u", out).unwrap_or_else(|e| panic!("{e}"));
-        assert!((w.rps - 1250.5).abs() < 1e-6);
-        assert!((w.p50_ms - 0.412).abs() < 1e-6);
-        assert!((w.p99_ms - 3.1).abs() < 1e-6);
-        assert!(parse_wrk("u", "Non-2xx or 3xx responses: 5\nRequests/sec: 1\n").is_err());
-    }
 }

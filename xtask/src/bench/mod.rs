@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: builds the eBPF object and `elasti-bench` (release) and runs it as
 //! root, then the figures that need the kind cluster ([`cluster`]). Results:
-//! `target/bench/results.{json,md}` and `target/bench/cluster.{json,md}`; tables printed.
+//! `target/bench/results.{json,md}` and `target/bench/cluster.{json,md}`; tables printed;
+//! `target/bench/chart.svg` drawn from them ([`chart`]).
+mod chart;
 mod cluster;
 
 use std::process::Command;
@@ -16,13 +18,15 @@ pub struct Args {
     /// Only the cluster figures (skip elasti-bench's local ones).
     #[arg(long, default_value_t = false)]
     pub cluster_only: bool,
+    /// Only draw `target/bench/chart.svg` from the figures an earlier run left there.
+    #[arg(long, default_value_t = false)]
+    pub chart_only: bool,
     /// Rounds of each cluster figure (0 skips the cluster part).
     #[arg(long, default_value_t = 3)]
     pub cluster_rounds: usize,
     /// Which cluster figures to measure (all by default).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
         cluster::Figure::Warm,
-        cluster::Figure::Grace,
         cluster::Figure::Wake,
         cluster::Figure::Cold,
         cluster::Figure::ScaleDown,
@@ -34,6 +38,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    if args.chart_only {
+        return draw_chart();
+    }
     if !nix::unistd::Uid::effective().is_root() {
         bail!("bench: the connect() figures attach real eBPF programs; run as root");
     }
@@ -41,10 +48,23 @@ pub fn run(args: &Args) -> Result<()> {
     if !args.cluster_only {
         local(args)?;
     }
-    if args.cluster_rounds == 0 {
-        return Ok(());
+    if args.cluster_rounds > 0 {
+        cluster_figures(args)?;
     }
-    cluster_figures(args)
+    draw_chart()
+}
+
+/// The chart of whatever this run (or an earlier one) left in `target/bench`.
+fn draw_chart() -> Result<()> {
+    let dir = paths::repo().join("target/bench");
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(dir.join(name)).ok()?).ok()
+    };
+    if let Some(svg) = chart::render(read("results.json").as_ref(), read("cluster.json").as_ref()) {
+        std::fs::write(dir.join("chart.svg"), svg)?;
+        println!("chart: {}", dir.join("chart.svg").display());
+    }
+    Ok(())
 }
 
 /// elasti-bench: the figures measured without the cluster.

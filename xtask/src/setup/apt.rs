@@ -1,7 +1,7 @@
 //! The Debian packages, installed only when missing.
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use elasti_testbed::{cmd, paths};
 
@@ -72,6 +72,57 @@ pub fn ensure(packages: &[&str]) -> Result<()> {
             .args(&missing),
         &logs.join("install.log"),
     )
+}
+
+/// Debian packages `setup` unpacks into the cache instead of installing: the bench's peer
+/// reverse proxy (installed, Debian's nginx starts serving port 80 at once).
+pub const UNPACKED: &[&str] = &["nginx"];
+
+/// Unpacks `package`'s current Debian version into `<cache>/deb/<package>-<version>` (once
+/// per version) and points `<cache>/deb/<package>` at it.
+pub fn ensure_unpacked(package: &str) -> Result<()> {
+    let show = cmd::output(
+        "apt-cache show",
+        Command::new("apt-cache").args(["show", "--no-all-versions", package]),
+    )?;
+    let version = show
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .with_context(|| format!("apt-cache show {package}: no Version"))?
+        .trim()
+        .to_string();
+    let root = paths::cache().join("deb");
+    let dir = root.join(format!("{package}-{version}"));
+    let done = dir.join(".unpacked");
+    if !done.exists() {
+        let download = root.join("download");
+        let _ = std::fs::remove_dir_all(&download);
+        std::fs::create_dir_all(&download)?;
+        cmd::output(
+            "apt-get download",
+            Command::new("apt-get")
+                .current_dir(&download)
+                .args(["download", &format!("{package}={version}")]),
+        )?;
+        let deb = std::fs::read_dir(&download)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .with_context(|| format!("apt-get download {package}: no .deb"))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        cmd::output(
+            "dpkg-deb -x",
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir),
+        )?;
+        std::fs::write(&done, &version)?;
+        let _ = std::fs::remove_dir_all(&download);
+    }
+    let link = root.join(package);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&dir, &link)?;
+    eprintln!("    {package} {version} unpacked at {}", link.display());
+    Ok(())
 }
 
 fn installed(package: &str) -> bool {

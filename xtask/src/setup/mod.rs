@@ -27,6 +27,9 @@ pub fn run(args: &Args) -> Result<()> {
     if !args.skip_apt {
         let p = Progress::start("Debian packages");
         apt::ensure(apt::PACKAGES)?;
+        for package in apt::UNPACKED {
+            apt::ensure_unpacked(package)?;
+        }
         p.done();
     }
     if !args.skip_ebpf_toolchain {
