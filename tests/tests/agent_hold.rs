@@ -25,23 +25,7 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
     // node's cgroup, so the client pod runs there too.
     let node = cluster().home();
     let node_cgroup = node.cgroup()?;
-    let web = App::http("web").replicas(0);
-    deploy(ns, &web)?;
-    deploy_client(ns, "client", Some(&node.name), false)?;
-    apply_es(ns, &web.elastiservice())?;
-    // The operator's part: a proxy port for the Service's port.
-    kubectl(&[
-        "-n",
-        ns,
-        "patch",
-        "elastiservice",
-        "web",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"mode":"proxy","proxyPorts":[{"name":"http","port":80,"protocol":"TCP","proxyPort":24080}]}}"#,
-    ])?;
-    let cluster_ip = cluster_ip(ns, "web")?;
+    let cluster_ip = web_at_zero(ns, &node.name, 24080)?;
 
     let (token, stop_tx, agent) = start_agent(&node_cgroup)?;
     wait_until("agent ready", Duration::from_secs(30), || {
@@ -150,6 +134,30 @@ fn a_request_at_zero_replicas_is_held_and_answered_by_the_new_pod() -> anyhow::R
     Ok(())
 }
 
+/// `web` at zero replicas with its ElastiService, a client pod on `node`, and the
+/// operator's part played: `proxy_port` for the Service's port in the status. Its ClusterIP.
+fn web_at_zero(ns: &str, node: &str, proxy_port: u16) -> anyhow::Result<String> {
+    let web = App::http("web").replicas(0);
+    deploy(ns, &web)?;
+    deploy_client(ns, "client", Some(node), false)?;
+    apply_es(ns, &web.elastiservice())?;
+    let status = serde_json::json!({"status": {"mode": "proxy", "proxyPorts": [
+        {"name": "http", "port": 80, "protocol": "TCP", "proxyPort": proxy_port}
+    ]}});
+    kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "elastiservice",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ])?;
+    cluster_ip(ns, "web")
+}
+
 /// The agent in-process on its own runtime thread, attached at `node_cgroup`, with the
 /// default proxy address on a link it makes; sending on the channel stops it as SIGTERM
 /// would (it drains). Returns the token file to remove afterwards.
@@ -201,22 +209,7 @@ fn a_request_released_while_the_agent_drains_is_answered_before_it_exits() -> an
     let ns = TempNamespace::create("drain")?;
     let ns = ns.name.as_str();
     let node = cluster().home();
-    let web = App::http("web").replicas(0);
-    deploy(ns, &web)?;
-    deploy_client(ns, "client", Some(&node.name), false)?;
-    apply_es(ns, &web.elastiservice())?;
-    kubectl(&[
-        "-n",
-        ns,
-        "patch",
-        "elastiservice",
-        "web",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"mode":"proxy","proxyPorts":[{"name":"http","port":80,"protocol":"TCP","proxyPort":24081}]}}"#,
-    ])?;
-    let cluster_ip = cluster_ip(ns, "web")?;
+    let cluster_ip = web_at_zero(ns, &node.name, 24081)?;
     let (token, stop_tx, agent) = start_agent(&node.cgroup()?)?;
     // The service's gauge appears in the step that listens and steers (no connect to find
     // out: that connect would be held too).
