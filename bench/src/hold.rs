@@ -308,8 +308,9 @@ pub fn spawn_backend(protocol: &str) -> Result<(std::process::Child, SocketAddr)
     }
 }
 
-/// The backend child of [`capacity`], [`super::throughput`] and [`super::proxy_in_path`]: serves the HTTP workload, a
-/// line echo or a sink on a free loopback port, printing `addr=…` first.
+/// The backend child of [`capacity`], [`super::throughput`] and [`super::proxy_in_path`]:
+/// serves the HTTP workload, a line echo or a sink on a free loopback port, printing
+/// `addr=…` first.
 pub async fn backend(protocol: &str) -> Result<()> {
     // A listen backlog of `somaxconn` (4096 here), as Go servers get. With tokio's 1024
     // this backend, sharing two cores with 10,000 clients and the agent, does not accept

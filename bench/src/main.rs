@@ -105,15 +105,7 @@ fn main() -> Result<()> {
             tokio::runtime::Runtime::new()?.block_on(throughput::send(to, bytes))
         }
         Some(Cmd::ProxyInPath) => {
-            let nginx = args
-                .nginx
-                .clone()
-                .unwrap_or_else(elasti_testbed::paths::nginx);
-            let figures = tokio::runtime::Runtime::new()?.block_on(proxy_in_path::run(
-                &nginx,
-                args.proxy_rounds,
-                args.proxy_secs,
-            ))?;
+            let figures = proxy_in_path(&args, &tokio::runtime::Runtime::new()?)?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
@@ -129,15 +121,7 @@ fn main() -> Result<()> {
             ];
             let throughput =
                 rt.block_on(throughput::run(args.transfer_bytes, args.transfer_rounds))?;
-            let nginx = args
-                .nginx
-                .clone()
-                .unwrap_or_else(elasti_testbed::paths::nginx);
-            let proxy_in_path = rt.block_on(proxy_in_path::run(
-                &nginx,
-                args.proxy_rounds,
-                args.proxy_secs,
-            ))?;
+            let proxy_in_path = proxy_in_path(&args, &rt)?;
             let results = Results {
                 date: date(),
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -158,6 +142,19 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The proxy comparison with `args`' nginx (by default the one `setup` unpacked).
+fn proxy_in_path(args: &Args, rt: &tokio::runtime::Runtime) -> Result<proxy_in_path::ProxyInPath> {
+    let nginx = args
+        .nginx
+        .clone()
+        .unwrap_or_else(elasti_testbed::paths::nginx);
+    rt.block_on(proxy_in_path::run(
+        &nginx,
+        args.proxy_rounds,
+        args.proxy_secs,
+    ))
 }
 
 fn markdown(r: &Results) -> String {

@@ -119,8 +119,8 @@ impl std::fmt::Display for TimedOut {
 impl std::error::Error for TimedOut {}
 
 /// [`run_logged`] for a command that may hang: after `limit`, `on_hang` is given its PID
-/// (its process group) to look at what hangs while it still does, then the command and everything it started are killed, and the
-/// error is a [`TimedOut`].
+/// (its process group) to look at what hangs while it still does; then the command and
+/// everything it started are killed, and the error is a [`TimedOut`].
 pub fn run_logged_within(
     step: &str,
     cmd: &mut Command,

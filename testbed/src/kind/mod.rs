@@ -349,9 +349,6 @@ fn create(provider: Provider, workers: usize) -> Result<Cluster> {
     Ok(cluster)
 }
 
-/// Points the kubeconfig kind wrote (127.0.0.1 and a published port) at the control
-/// plane's own address, which every node's namespace reaches too. The apiserver's
-/// certificate names that address (kubeadm's advertise address).
 /// What a hung `kind create` is waiting for, for the log: the nodes' states and every
 /// process it started (podman, netavark, runc) with where each waits.
 fn describe_hang(provider: Provider, kind_pid: u32) {
@@ -375,6 +372,9 @@ fn describe_hang(provider: Provider, kind_pid: u32) {
     );
 }
 
+/// Points the kubeconfig kind wrote (127.0.0.1 and a published port) at the control
+/// plane's own address, which every node's namespace reaches too. The apiserver's
+/// certificate names that address (kubeadm's advertise address).
 fn point_kubeconfig_at(kubeconfig: &Path, control_plane_ip: &str) -> Result<()> {
     let text = std::fs::read_to_string(kubeconfig)?;
     let mut kc: serde_yaml::Value = serde_yaml::from_str(&text)?;
