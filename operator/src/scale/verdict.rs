@@ -253,7 +253,12 @@ pub fn first_step(inp: &Inputs) -> Step {
         }
         _ => {}
     }
-    if inp.replicas == 0 && holding {
+    // A scale-up since the wake answered it: scaling up again would undo a manual scale to
+    // zero. Agents still holding repeat their wake, and a newer one counts again.
+    let unanswered = inp
+        .last_wake
+        .is_some_and(|w| inp.last_scaled_up.is_none_or(|up| w > up));
+    if inp.replicas == 0 && holding && unanswered {
         return Step::Decided(Verdict::ScaleUp {
             cause: UpCause::Wake,
             detail: "an agent holds a request".into(),
@@ -480,6 +485,28 @@ mod tests {
         ));
         zero.last_wake = Some(at(900));
         assert_eq!(first_step(&zero), Step::ReadTriggers);
+    }
+
+    /// A wake that a scale-up has answered since is not answered twice: a target scaled to
+    /// zero by hand right after a wake stays at zero, until an agent wakes it again.
+    #[test]
+    fn a_wake_answered_by_a_scale_up_does_not_undo_a_manual_scale_to_zero() {
+        let mut zero = inputs(0);
+        zero.last_wake = Some(at(998));
+        zero.last_scaled_up = Some(at(999));
+        assert_eq!(first_step(&zero), Step::ReadTriggers);
+        // Recorded in the same second: the scale-up was the wake's own.
+        zero.last_scaled_up = Some(at(998));
+        assert_eq!(first_step(&zero), Step::ReadTriggers);
+        // An agent still holding repeats its wake after the scale-up.
+        zero.last_wake = Some(at(999));
+        assert!(matches!(
+            first_step(&zero),
+            Step::Decided(Verdict::ScaleUp {
+                cause: UpCause::Wake,
+                ..
+            })
+        ));
     }
 
     #[test]
