@@ -1261,13 +1261,18 @@ fn scale_down_patches_scale_only_once_every_agent_intercepts() -> anyhow::Result
         (condition(ns, "web", "ScaleDownPending", "status") == "True").then_some(())
     })?;
     let pending = Instant::now();
-    anyhow::ensure!(
-        jsonpath(
+    // The status goes first (the agents steer on it), the slice right after.
+    wait_until("the fallback slice", Duration::from_secs(5), || {
+        (jsonpath(
             ns,
             "endpointslice/web-elasti-ipv4",
-            "{.endpoints[0].nodeName}"
-        ) == node,
-        "the fallback slice is published before the scale-down"
+            "{.endpoints[0].nodeName}",
+        ) == node)
+            .then_some(())
+    })?;
+    anyhow::ensure!(
+        jsonpath(ns, "deployment/web", "{.spec.replicas}") == "1",
+        "the fallback slice is published before /scale goes to 0"
     );
     wait_for(
         ns,

@@ -1,6 +1,8 @@
-//! The reconcile's writes: the scale, the fallback slices, the events and the status, each
+//! The reconcile's writes: the scale, the status, the fallback slices and the events, each
 //! on its own (one that fails does not stop the others), each only while this replica
-//! leads. A failed scale says why in the `Ready` condition and in an event, with its
+//! leads. The status goes right after the scale: the agents start steering on its
+//! `ScaleDownPending` condition (`agent/src/plan/desired.rs`), and a scale-down's second
+//! phase waits for them (`decide.rs`), so nothing slower comes first. A failed scale says why in the `Ready` condition and in an event, with its
 //! whole cause chain.
 use std::time::Duration;
 
@@ -69,6 +71,22 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
         }
     }
 
+    ctx.fence.check()?;
+    if let Err(e) = super::write_status(
+        ctx,
+        es,
+        super::StatusUpdate {
+            mode: plan.mode,
+            proxy_ports: plan.proxy_ports,
+            conditions,
+        },
+        now,
+    )
+    .await
+    {
+        failed.push(e);
+    }
+
     let slices = match plan.slices {
         Slices::Publish(s) => Some(s),
         Slices::Remove => Some(Vec::new()),
@@ -97,21 +115,6 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
         ctx.metrics.wake_to_ready.observe(took.as_secs_f64());
     }
 
-    ctx.fence.check()?;
-    if let Err(e) = super::write_status(
-        ctx,
-        es,
-        super::StatusUpdate {
-            mode: plan.mode,
-            proxy_ports: plan.proxy_ports,
-            conditions,
-        },
-        now,
-    )
-    .await
-    {
-        failed.push(e);
-    }
     tracing::debug!(namespace = %ns, elastiservice = %name, requeue = ?plan.requeue, "reconciled");
     match failed.into_iter().next() {
         Some(e) => Err(e),

@@ -70,6 +70,8 @@ pub struct Observed {
     pub ready: bool,
     /// The Ready agents.
     pub agents: Vec<AgentEndpoint>,
+    /// elasti's fallback slices of the Service, as they are now.
+    pub fallback: Vec<EndpointSlice>,
     pub window: Window,
     /// Group members whose wake reaches this one and that are up.
     pub kept_up_by: Vec<String>,
@@ -295,6 +297,23 @@ impl Builder<'_> {
 
 /// The decision. Pure.
 pub fn decide(es: &ElastiService, o: &Observed) -> Plan {
+    let mut plan = decide_writes(es, o);
+    plan.slices = settle(plan.slices, &o.fallback);
+    plan
+}
+
+/// Nothing to write when the fallback slices already are what the plan wants: at zero,
+/// every ElastiService is reconciled every poll, and an apply each time is a write per
+/// reconcile for the apiserver (measured at 72 applies/s with 1,000 ElastiServices).
+fn settle(slices: Slices, current: &[EndpointSlice]) -> Slices {
+    match slices {
+        Slices::Publish(want) if fallback::unchanged(&want, current) => Slices::Keep,
+        Slices::Remove if current.is_empty() => Slices::Keep,
+        other => other,
+    }
+}
+
+fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
     let old = es.status.clone().unwrap_or_default();
     let mut b = Builder {
         es,

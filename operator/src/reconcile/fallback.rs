@@ -101,6 +101,26 @@ pub fn desired(
     out
 }
 
+/// Whether the slices there now (`current`) already are `want`: the same names, and in
+/// each what the operator sets (address type, endpoints, ports, owner, its labels). Pure.
+pub fn unchanged(want: &[EndpointSlice], current: &[EndpointSlice]) -> bool {
+    want.len() == current.len()
+        && want.iter().all(|w| {
+            current.iter().any(|c| {
+                c.metadata.name == w.metadata.name
+                    && c.address_type == w.address_type
+                    && c.endpoints == w.endpoints
+                    && c.ports == w.ports
+                    && c.metadata.owner_references == w.metadata.owner_references
+                    && w.metadata
+                        .labels
+                        .iter()
+                        .flatten()
+                        .all(|(k, v)| c.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v))
+            })
+        })
+}
+
 /// Makes the fallback slices of `service` exactly `want` (none outside proxy mode).
 pub async fn sync(
     client: &Client,

@@ -126,10 +126,21 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
     let all = ctx.store.state();
     let conflict = decide::conflict(es, &all);
 
-    let svc = Api::<Service>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&es.spec.service)
-        .await
-        .map_err(api_err("reading the Service"))?;
+    // The three reads at once: a reconcile's latency is theirs (the scale-down's first
+    // phase, a restart's catch-up), and none depends on another.
+    let of_service = ListParams::default().labels(&format!(
+        "{}={}",
+        endpoints::SERVICE_NAME_LABEL,
+        es.spec.service
+    ));
+    let services = Api::<Service>::namespaced(ctx.client.clone(), &ns);
+    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns);
+    let (svc, target, slices) = futures::join!(
+        services.get_opt(&es.spec.service),
+        ctx.scaler.targets.replicas(&ns, &es.spec.scale_target_ref),
+        slices.list(&of_service),
+    );
+    let svc = svc.map_err(api_err("reading the Service"))?;
     let service = match &svc {
         None => ServiceSeen::Missing,
         Some(s) => match unsupported(s) {
@@ -154,12 +165,7 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
         r
     };
 
-    let target = match ctx
-        .scaler
-        .targets
-        .replicas(&ns, &es.spec.scale_target_ref)
-        .await
-    {
+    let target = match target {
         Ok(r) => TargetSeen::Replicas(r),
         Err(e @ (target::Error::NotFound { .. } | target::Error::KindNotServed { .. })) => {
             TargetSeen::Missing(elasti_runtime_chain(&e))
@@ -167,18 +173,17 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
         Err(e) => TargetSeen::Unreadable(elasti_runtime_chain(&e)),
     };
 
-    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!(
-            "{}={}",
-            endpoints::SERVICE_NAME_LABEL,
-            es.spec.service
-        )))
-        .await
-        .map_err(api_err("listing EndpointSlices"))?;
+    let slices = slices.map_err(api_err("listing EndpointSlices"))?;
     let pods_slices: Vec<&EndpointSlice> = slices
         .items
         .iter()
         .filter(|s| endpoints::belongs_to(s, &ns, &es.spec.service))
+        .collect();
+    let fallback: Vec<EndpointSlice> = slices
+        .items
+        .iter()
+        .filter(|s| elasti_api::fallback::is_fallback_slice(s))
+        .cloned()
         .collect();
     let port_names: Vec<String> = match &ports {
         Ok(p) if !p.is_empty() => p.iter().map(|p| p.name.clone()).collect(),
@@ -212,6 +217,7 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
         target,
         ready,
         agents,
+        fallback,
         window: window(es, now),
         kept_up_by,
         wakes,

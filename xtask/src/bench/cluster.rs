@@ -7,8 +7,11 @@
 //!   then) versus the same `/scale` patch sent straight to the apiserver;
 //! - cold requests, split into wake, the pod's own start and the hand-off
 //!   ([`cold_start`]);
-//! - operator reaction to idleness: cooldown over → scaled to zero ([`scale_down`]).
+//! - operator reaction to idleness: cooldown over → scaled to zero ([`scale_down`]);
+//! - the operator with a thousand ElastiServices: reconciled after a restart, its memory,
+//!   a hundred wakes at once ([`operator_scale`]).
 mod cold_start;
+mod operator_scale;
 mod scale_down;
 mod watch;
 
@@ -129,8 +132,13 @@ fn uninstall_elasti() -> Result<()> {
     })
 }
 
-fn wait(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+fn wait(what: &str, check: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_for(what, Duration::from_secs(120), check)
+}
+
+/// [`wait`] with its own timeout.
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if check().unwrap_or(false) {
             return Ok(());
@@ -263,6 +271,8 @@ pub enum Figure {
     Cold,
     /// Operator reaction to idleness at the cooldown's end.
     ScaleDown,
+    /// The operator with a thousand ElastiServices: restart, memory, concurrent wakes.
+    OperatorScale,
 }
 
 /// Markdown rows and the JSON of one section.
@@ -326,6 +336,9 @@ fn measure(rounds: usize, figures: &[Figure]) -> Result<Section> {
         let down = scale_down::measure(SCALE_DOWNS)?;
         p.done();
         add("scale_down", down.report());
+    }
+    if figures.contains(&Figure::OperatorScale) {
+        add("operator_at_scale", operator_scale::measure()?);
     }
     uninstall_elasti()?;
     Ok((rows, json.into()))
@@ -391,11 +404,11 @@ fn warm(url: &str, rounds: usize) -> Result<Section> {
     Ok((rows, json))
 }
 
-/// Operator reaction: wake → 202 (scale patched) vs the same patch straight.
-fn wake() -> Result<Section> {
+/// An agent's credentials and the operator's wake URL: (`Authorization` header, URL).
+fn wake_endpoint() -> Result<(String, String)> {
     let token = kubectl(&[
         "-n",
-        "elasti-system",
+        elasti::NAMESPACE,
         "create",
         "token",
         "elasti-agent",
@@ -404,16 +417,23 @@ fn wake() -> Result<Section> {
     ])?;
     let operator = kubectl(&[
         "-n",
-        "elasti-system",
+        elasti::NAMESPACE,
         "get",
         "svc",
         "elasti-operator",
         "-o",
         "jsonpath={.spec.clusterIP}",
     ])?;
-    let auth = format!("Authorization: Bearer {}", token.trim());
+    Ok((
+        format!("Authorization: Bearer {}", token.trim()),
+        format!("http://{operator}:8080/v1/wake"),
+    ))
+}
+
+/// Operator reaction: wake → 202 (scale patched) vs the same patch straight.
+fn wake() -> Result<Section> {
+    let (auth, wake_url) = wake_endpoint()?;
     let wake_body = format!(r#"{{"namespace":"{NS}","service":"web"}}"#);
-    let wake_url = format!("http://{operator}:8080/v1/wake");
     // The Deployment's replicas as the apiserver publishes them: when the patch landed.
     let replicas = watch::Watch::start(
         "Deployment",

@@ -30,6 +30,7 @@ pub struct Args {
         cluster::Figure::Wake,
         cluster::Figure::Cold,
         cluster::Figure::ScaleDown,
+        cluster::Figure::OperatorScale,
     ])]
     pub figures: Vec<cluster::Figure>,
     /// Extra arguments for elasti-bench (e.g. `--held 2000 --rounds 3` for a quick run).

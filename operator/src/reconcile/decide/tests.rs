@@ -82,6 +82,7 @@ fn seen() -> Observed {
             ip: [10, 0, 0, 1].into(),
             zone: None,
         }],
+        fallback: Vec::new(),
         window: Window::Always,
         kept_up_by: Vec::new(),
         wakes: Vec::new(),
@@ -105,6 +106,12 @@ fn state(plan: &Plan, type_: &str) -> (String, String) {
     cond(plan, type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
         .unwrap_or_default()
+}
+
+/// `o` with the fallback slices published for its agents, as observed.
+fn with_fallback(mut o: Observed) -> Observed {
+    o.fallback = fallback::desired(&es(), "web", &[port()], &o.agents);
+    o
 }
 
 fn published(plan: &Plan) -> usize {
@@ -168,7 +175,7 @@ fn a_wake_during_the_scale_down_abandons_it() {
     let es = serving()
         .with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 998)
         .woken_at(999);
-    let plan = decide(&es, &seen());
+    let plan = decide(&es, &with_fallback(seen()));
     assert!(plan.scale.is_none());
     assert_eq!(
         state(&plan, SCALE_DOWN_PENDING),
@@ -319,7 +326,7 @@ fn the_one_already_managing_keeps_it_against_one_created_in_the_same_second() {
 
 #[test]
 fn unsupported_services_and_missing_targets_say_so() {
-    let mut o = seen();
+    let mut o = with_fallback(seen());
     o.service = ServiceSeen::NotSupported("headless (clusterIP: None)".into());
     let plan = decide(&serving(), &o);
     assert_eq!(
@@ -382,4 +389,34 @@ fn times_read_back_from_status_count_from_the_end_of_their_second() {
         state(&decide(&woken, &seen()), SCALE_DOWN_PENDING).0,
         "True"
     );
+}
+
+/// At zero every ElastiService is reconciled every poll: slices that already are what is
+/// wanted are not applied again, and none to remove is no call at all.
+#[test]
+fn fallback_slices_already_there_are_not_written_again() {
+    let es = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 999);
+    let mut o = seen();
+    o.ready = false;
+    o.target = TargetSeen::Replicas(0);
+    let Slices::Publish(want) = decide(&es, &o).slices else {
+        panic!("nothing published at zero")
+    };
+    o.fallback = want;
+    assert_eq!(decide(&es, &o).slices, Slices::Keep);
+    // An agent more: published again, with both.
+    o.agents.push(AgentEndpoint {
+        node: "n2".into(),
+        ip: [10, 0, 0, 2].into(),
+        zone: None,
+    });
+    assert_eq!(published(&decide(&es, &o)), 2);
+    // Serving: the slice goes, and once gone nothing is asked.
+    let mut serve = with_fallback(seen());
+    serve.triggers = Some(Idleness::Busy {
+        detail: "busy".into(),
+    });
+    assert_eq!(decide(&serving(), &serve).slices, Slices::Remove);
+    serve.fallback.clear();
+    assert_eq!(decide(&serving(), &serve).slices, Slices::Keep);
 }

@@ -56,11 +56,30 @@ impl Watch {
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> Result<(SystemTime, String)> {
+        let mut found = None;
+        self.until(since, timeout, |at, line| {
+            let hit = pred(line);
+            if hit {
+                found = Some((at, line.to_owned()));
+            }
+            hit
+        })?;
+        found.context("bench: watch ended without its line")
+    }
+
+    /// Hands each line stamped at or after `since` to `done` with its stamp, until `done`
+    /// says so, waiting up to `timeout` in all. Earlier lines are dropped.
+    pub fn until(
+        &self,
+        since: SystemTime,
+        timeout: Duration,
+        mut done: impl FnMut(SystemTime, &str) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok((at, line)) if at >= since && pred(&line) => return Ok((at, line)),
+                Ok((at, line)) if at >= since && done(at, &line) => return Ok(()),
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     bail!("bench: no matching {} event within {timeout:?}", self.what)

@@ -1,0 +1,354 @@
+//! The operator with many ElastiServices: [`MANY`] of them, each with its own Service and
+//! a Deployment at zero whose pods can never be scheduled (a nodeSelector no node has), so
+//! the figure loads the apiserver and the operator, not the machine's two cores with pods.
+//!
+//! - **create → all reconciled:** from the first apply until every ElastiService has a
+//!   `mode`;
+//! - **restart → all reconciled again:** the operator's pods deleted, until the new
+//!   leader's reconcile count (its `/metrics`) reaches [`MANY`];
+//! - **memory:** the leader's resident set (`VmRSS`), read from `/proc` on this machine,
+//!   which sees the node containers' processes;
+//! - **concurrent wakes:** [`WAKES`] wakes of different services sent at once (one curl,
+//!   in parallel), each until its Deployment's `spec.replicas` is 1 in a watch. Baseline:
+//!   one wake alone, the same way.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+use elasti_api::ElastiService;
+use elasti_testbed::{cmd, elasti, kube::kube, objects::App, stats::summarize};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use super::{
+    Section, cluster, kubectl, summary, wait_for,
+    watch::{Watch, ms_between},
+};
+
+const NS: &str = "elasti-bench-many";
+/// ElastiServices (and Services, and Deployments).
+const MANY: usize = 1000;
+/// Wakes sent at once.
+const WAKES: usize = 100;
+/// Server-side applies in flight while creating the objects.
+const APPLY_CONCURRENCY: usize = 16;
+const FIELD_MANAGER: &str = "elasti-bench";
+/// The label no node has.
+const NOWHERE: (&str, &str) = ("elasti.bench/nowhere", "true");
+const RECONCILED_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn name(i: usize) -> String {
+    format!("s{i:04}")
+}
+
+/// Deployment (at zero, unschedulable), Service and ElastiService number `i`.
+fn objects(i: usize) -> (Deployment, Service, ElastiService) {
+    let app = App::http(&name(i)).replicas(0);
+    let mut d = app.deployment();
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.node_selector = Some(BTreeMap::from([(NOWHERE.0.into(), NOWHERE.1.into())]));
+    }
+    (d, app.service(), app.elastiservice())
+}
+
+/// Every object, [`APPLY_CONCURRENCY`] at a time.
+fn create_all() -> Result<()> {
+    kube()?.run(|c| async move {
+        futures::stream::iter(0..MANY)
+            .map(|i| {
+                let c = c.clone();
+                async move {
+                    let (d, s, e) = objects(i);
+                    let params = PatchParams::apply(FIELD_MANAGER).force();
+                    let n = name(i);
+                    Api::<Deployment>::namespaced(c.clone(), NS)
+                        .patch(&n, &params, &Patch::Apply(&d))
+                        .await
+                        .with_context(|| format!("apply Deployment {n}"))?;
+                    Api::<Service>::namespaced(c.clone(), NS)
+                        .patch(&n, &params, &Patch::Apply(&s))
+                        .await
+                        .with_context(|| format!("apply Service {n}"))?;
+                    Api::<ElastiService>::namespaced(c, NS)
+                        .patch(&n, &params, &Patch::Apply(&e))
+                        .await
+                        .with_context(|| format!("apply ElastiService {n}"))?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
+    })
+}
+
+/// How many of the ElastiServices have a `mode`.
+fn reconciled() -> Result<usize> {
+    let all: Vec<ElastiService> = kube()?.list(NS, "")?;
+    Ok(all
+        .iter()
+        .filter(|e| e.status.as_ref().is_some_and(|s| s.mode.is_some()))
+        .count())
+}
+
+/// An operator pod: name, IP, UID.
+struct OperatorPod {
+    name: String,
+    ip: String,
+    uid: String,
+}
+
+fn operator_pods() -> Result<Vec<OperatorPod>> {
+    let out = kubectl(&[
+        "-n",
+        elasti::NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=elasti-operator",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} {.status.podIP} {.metadata.deletionTimestamp}{"\n"}{end}"#,
+    ])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            // Not terminating, with an IP.
+            (w.len() == 3).then(|| OperatorPod {
+                name: w[0].into(),
+                uid: w[1].into(),
+                ip: w[2].into(),
+            })
+        })
+        .collect())
+}
+
+/// The pod's `/metrics`: whether it leads, and how many reconciles it has finished.
+fn leader_reconciles(pod: &OperatorPod) -> Result<Option<u64>> {
+    let text = cmd::output(
+        "curl",
+        cluster()
+            .command_on(cluster().home(), "/usr/bin/curl")
+            .args(["-s", "--max-time", "2"])
+            .arg(format!("http://{}:9090/metrics", pod.ip)),
+    )?;
+    let value = |metric: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(metric)?.trim().parse::<f64>().ok())
+    };
+    if value("elasti_operator_leader ") != Some(1.0) {
+        return Ok(None);
+    }
+    Ok(value("elasti_operator_reconcile_duration_seconds_count ").map(|v| v as u64))
+}
+
+/// The leading operator pod, once one leads.
+fn leader() -> Result<(OperatorPod, u64)> {
+    let deadline = Instant::now() + RECONCILED_TIMEOUT;
+    while Instant::now() < deadline {
+        for pod in operator_pods()? {
+            if let Ok(Some(n)) = leader_reconciles(&pod) {
+                return Ok((pod, n));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("bench: no operator pod leads")
+}
+
+/// Resident memory of the operator process in pod `uid`, bytes: found on this machine's
+/// `/proc` by its name and its pod's cgroup.
+fn rss_of(uid: &str) -> Result<u64> {
+    let underscored = uid.replace('-', "_");
+    for entry in std::fs::read_dir("/proc")? {
+        let dir = entry?.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        if read("comm").trim() != "elasti-operator" {
+            continue;
+        }
+        let cgroup = read("cgroup");
+        if !cgroup.contains(uid) && !cgroup.contains(&underscored) {
+            continue;
+        }
+        let kib = read("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("bench: no VmRSS")?;
+        return Ok(kib * 1024);
+    }
+    bail!("bench: no elasti-operator process of pod {uid} in /proc")
+}
+
+/// Sends a wake for each of `services` at once (curl's parallel transfers, from the bench's
+/// node) and returns, per service, wake sent → its Deployment at 1 replica in `watch`, ms.
+fn wakes_at_once(
+    services: &[String],
+    watch: &Watch,
+    (auth, url): &(String, String),
+) -> Result<Vec<f64>> {
+    let mut args: Vec<String> = vec![
+        "-Z".into(),
+        "--parallel-immediate".into(),
+        "--parallel-max".into(),
+        services.len().max(1).to_string(),
+    ];
+    for (i, s) in services.iter().enumerate() {
+        if i > 0 {
+            args.push("--next".into());
+        }
+        let body = format!(r#"{{"namespace":"{NS}","service":"{s}"}}"#);
+        args.extend(
+            [
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\n",
+                "-X",
+                "POST",
+                "-H",
+                auth,
+                "-d",
+                &body,
+                url,
+            ]
+            .map(String::from),
+        );
+    }
+    let sent = SystemTime::now();
+    let out = cmd::output(
+        "curl",
+        cluster()
+            .command_on(cluster().home(), "/usr/bin/curl")
+            .args(&args),
+    )?;
+    let refused: Vec<&str> = out.lines().filter(|c| c.trim() != "202").collect();
+    if !refused.is_empty() {
+        bail!(
+            "bench: {} of {} wakes not answered 202: {refused:?}",
+            refused.len(),
+            services.len()
+        );
+    }
+    let mut left: BTreeSet<&str> = services.iter().map(String::as_str).collect();
+    let mut took = Vec::new();
+    watch.until(sent, Duration::from_secs(120), |at, line| {
+        let mut w = line.split_whitespace();
+        if let (Some(n), Some("1")) = (w.next(), w.next())
+            && left.remove(n)
+        {
+            took.push(ms_between(sent, at));
+        }
+        left.is_empty()
+    })?;
+    Ok(took)
+}
+
+/// The whole figure; leaves the namespace deleted.
+pub fn measure() -> Result<Section> {
+    let k = kube()?;
+    k.create_namespace(NS)?;
+    let result = measure_in_namespace();
+    let deleted = kubectl(&["delete", "namespace", NS, "--timeout=600s"]);
+    let r = result?;
+    deleted?;
+    Ok(r)
+}
+
+fn measure_in_namespace() -> Result<Section> {
+    let p = cmd::Progress::start(format!(
+        "operator at scale: {MANY} ElastiServices, a restart, {WAKES} wakes at once"
+    ));
+    let started = Instant::now();
+    create_all()?;
+    let applied = started.elapsed();
+    wait_for("every ElastiService reconciled", RECONCILED_TIMEOUT, || {
+        Ok(reconciled()? == MANY)
+    })?;
+    let created_to_reconciled = started.elapsed();
+
+    let (before, _) = leader()?;
+    let rss_before = rss_of(&before.uid)?;
+    let old: BTreeSet<String> = operator_pods()?.into_iter().map(|p| p.name).collect();
+    let restarted = Instant::now();
+    kubectl(&[
+        "-n",
+        elasti::NAMESPACE,
+        "delete",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=elasti-operator",
+        "--wait=false",
+    ])?;
+    let mut new_leader = None;
+    wait_for(
+        "the new leader to reconcile every ElastiService",
+        RECONCILED_TIMEOUT,
+        || {
+            for pod in operator_pods()? {
+                if old.contains(&pod.name) {
+                    continue;
+                }
+                if let Ok(Some(n)) = leader_reconciles(&pod)
+                    && n >= MANY as u64
+                {
+                    new_leader = Some(pod);
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        },
+    )?;
+    let restart_to_reconciled = restarted.elapsed();
+    let leader = new_leader.context("bench: no new leader")?;
+    let rss_after = rss_of(&leader.uid)?;
+
+    let endpoint = super::wake_endpoint()?;
+    let watch = Watch::start(
+        "Deployment",
+        &["deployments", "-n", NS],
+        r#"{.metadata.name} {.spec.replicas}{"\n"}"#,
+    )?;
+    // The watch's first listing of every Deployment has gone by.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut alone = Vec::new();
+    for i in 0..5 {
+        alone.extend(wakes_at_once(&[name(MANY - 1 - i)], &watch, &endpoint)?);
+    }
+    let many: Vec<String> = (0..WAKES).map(name).collect();
+    let together = wakes_at_once(&many, &watch, &endpoint)?;
+    p.done();
+
+    let (a, t) = (summarize(&alone), summarize(&together));
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let rows = format!(
+        "| {MANY} ElastiServices applied ({:.1} s) → every one reconciled | | {:.1} s | |\n\
+         | operator restart (pods deleted) → the new leader has reconciled all {MANY} | | {:.1} s | |\n\
+         | leading operator's resident memory with {MANY} ElastiServices | | {:.1} MiB before the restart, {:.1} MiB after | |\n\
+         | wake → `/scale` patch seen, {WAKES} wakes of different services at once, p50 / p99 | one wake alone (5): {:.1} / {:.1} ms | {:.1} / {:.1} ms | goal p99 ≤ 50 ms |\n",
+        applied.as_secs_f64(),
+        created_to_reconciled.as_secs_f64(),
+        restart_to_reconciled.as_secs_f64(),
+        mib(rss_before),
+        mib(rss_after),
+        a.p50,
+        a.p99,
+        t.p50,
+        t.p99,
+    );
+    let json = json!({
+        "elastiservices": MANY,
+        "applied_s": applied.as_secs_f64(),
+        "created_to_all_reconciled_s": created_to_reconciled.as_secs_f64(),
+        "restart_to_all_reconciled_s": restart_to_reconciled.as_secs_f64(),
+        "leader_rss_bytes": {"before_restart": rss_before, "after_restart": rss_after},
+        "wake_to_patch_seen_ms": {"alone": summary(&alone), "concurrent": summary(&together), "concurrent_wakes": WAKES},
+    });
+    Ok((rows, json))
+}
