@@ -406,6 +406,43 @@ async fn a_held_h2_connection_gets_goaway_after_its_streams() {
     assert!(ended, "the server ended the h2 connection (GOAWAY)");
 }
 
+/// A "pod" that reads the request and then resets the connection (it exited on SIGTERM
+/// with the request unanswered: the kernel sends RST, not FIN).
+async fn resetting_pod() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind pod");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let mut line = String::new();
+            let mut r = BufReader::new(s);
+            let _ = r.read_line(&mut line).await;
+            let s = r.into_inner();
+            let _ = s.set_zero_linger();
+            drop(s);
+        }
+    });
+    addr
+}
+
+/// Scenario 33's 502: in a scale-down, a request forwarded a moment before `/scale` went to
+/// 0 met the pod exiting at once on SIGTERM, which resets the connection.
+#[tokio::test]
+async fn a_request_whose_pod_resets_before_answering_is_retried_once_elsewhere() {
+    let p = proxy(Limits::default()).await;
+    let held = tokio::spawn(http1_get(p.addr, "/"));
+    wait_held(&p, 1).await;
+    let (dying, live) = (resetting_pod().await, http_pod("web-8").await);
+    p.endpoints.send_replace(Endpoints::from(vec![dying, live]));
+    let (status, _, body) = held.await.expect("task");
+    assert_eq!((status, body.as_str()), (200, "pod=web-8\n"));
+    assert_eq!(
+        p.metrics
+            .count(p.service.id(), Protocol::Http1, Outcome::Retried),
+        1,
+        "the retry is counted"
+    );
+}
+
 #[tokio::test]
 async fn a_request_whose_pod_closes_before_answering_is_retried_once_elsewhere() {
     let p = proxy(Limits::default()).await;

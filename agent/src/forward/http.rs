@@ -405,15 +405,25 @@ fn replayable<B: hyper::body::Body>(req: &Request<B>) -> bool {
 }
 
 /// Whether the pooled client failed before any response head arrived (the pod closed or
-/// reset the connection, or refused it).
+/// reset the connection, or refused it). A reset is hyper's I/O error: a pod that exits on
+/// SIGTERM with a request unread or unanswered makes the kernel send RST, not FIN.
 fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::io::ErrorKind;
     if e.is_connect() {
         return true;
     }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(c) = cause {
-        if let Some(h) = c.downcast_ref::<hyper::Error>() {
-            return h.is_closed() || h.is_incomplete_message() || h.is_canceled();
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && (h.is_closed() || h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            );
         }
         cause = c.source();
     }
