@@ -471,7 +471,8 @@ pub enum AutoscalerType {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ElastiServiceStatus {
-    /// When the operator last reconciled the ElastiService.
+    /// When the operator last wrote this status. While nothing else changes it is
+    /// refreshed every ten poll intervals (5 min by default), not at every reconcile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reconciled_time: Option<Time>,
     /// When the target was last scaled up from zero.
