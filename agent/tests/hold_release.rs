@@ -428,31 +428,25 @@ async fn resetting_pod() -> SocketAddr {
 /// 0 met the pod exiting at once on SIGTERM, which resets the connection.
 #[tokio::test]
 async fn a_request_whose_pod_resets_before_answering_is_retried_once_elsewhere() {
-    let p = proxy(Limits::default()).await;
-    let held = tokio::spawn(http1_get(p.addr, "/"));
-    wait_held(&p, 1).await;
-    let (dying, live) = (resetting_pod().await, http_pod("web-8").await);
-    p.endpoints.send_replace(Endpoints::from(vec![dying, live]));
-    let (status, _, body) = held.await.expect("task");
-    assert_eq!((status, body.as_str()), (200, "pod=web-8\n"));
-    assert_eq!(
-        p.metrics
-            .count(p.service.id(), Protocol::Http1, Outcome::Retried),
-        1,
-        "the retry is counted"
-    );
+    retried_once_elsewhere(resetting_pod().await, "web-8").await;
 }
 
 #[tokio::test]
 async fn a_request_whose_pod_closes_before_answering_is_retried_once_elsewhere() {
+    retried_once_elsewhere(dying_pod().await, "web-7").await;
+}
+
+/// A held GET released to `dying` first and a live pod `live` second: the first endpoint
+/// tried fails before answering, and the request is answered by the other, counted.
+async fn retried_once_elsewhere(dying: SocketAddr, live: &str) {
     let p = proxy(Limits::default()).await;
     let held = tokio::spawn(http1_get(p.addr, "/"));
     wait_held(&p, 1).await;
-    // The first endpoint tried accepts and closes; the request goes to the other.
-    let (dying, live) = (dying_pod().await, http_pod("web-7").await);
-    p.endpoints.send_replace(Endpoints::from(vec![dying, live]));
+    let live_addr = http_pod(live).await;
+    p.endpoints
+        .send_replace(Endpoints::from(vec![dying, live_addr]));
     let (status, _, body) = held.await.expect("task");
-    assert_eq!((status, body.as_str()), (200, "pod=web-7\n"));
+    assert_eq!((status, body), (200, format!("pod={live}\n")));
     assert_eq!(
         p.metrics
             .count(p.service.id(), Protocol::Http1, Outcome::Retried),

@@ -168,17 +168,8 @@ impl Kube {
             + 'static,
         K::DynamicType: Default,
     {
-        let (ns, name, obj) = (namespace.to_string(), obj.name_any(), obj.clone());
-        self.run(move |c| async move {
-            let api: Api<K> = Api::namespaced(c, &ns);
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&obj),
-            )
-            .await
-            .with_context(|| format!("apply {} {ns}/{name}", K::kind(&Default::default())))
-        })
+        let (ns, obj) = (namespace.to_string(), obj.clone());
+        self.run(move |c| async move { apply_with(c, &ns, &obj).await })
     }
 
     /// The object, or `None` when it does not exist.
@@ -390,6 +381,23 @@ impl Drop for TempNamespace {
             let _ = k.delete_namespace(&self.name);
         }
     }
+}
+
+/// [`Kube::apply`] on a client of [`Kube::run`]'s, for applies made concurrently.
+pub async fn apply_with<K>(client: Client, namespace: &str, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + Debug + Serialize + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let name = obj.name_any();
+    Api::<K>::namespaced(client, namespace)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .with_context(|| format!("apply {} {namespace}/{name}", K::kind(&Default::default())))
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! on its own (one that fails does not stop the others), each only while this replica
 //! leads. The status goes right after the scale: the agents start steering on its
 //! `ScaleDownPending` condition (`agent/src/plan/desired.rs`), and a scale-down's second
-//! phase waits for them (`decide.rs`), so nothing slower comes first. A failed scale says why in the `Ready` condition and in an event, with its
-//! whole cause chain.
+//! phase waits for them (`decide.rs`), so nothing slower comes first. A failed scale says
+//! why in the `Ready` condition and in an event, with its whole cause chain.
 use std::time::Duration;
 
 use elasti_api::{ElastiService, conditions::READY};

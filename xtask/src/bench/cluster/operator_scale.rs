@@ -18,10 +18,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use elasti_api::ElastiService;
-use elasti_testbed::{cmd, elasti, kube::kube, objects::App, stats::summarize};
+use elasti_testbed::{
+    cmd, elasti,
+    kube::{apply_with, kube},
+    objects::App,
+    stats::summarize,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::{
@@ -36,7 +40,6 @@ const MANY: usize = 1000;
 const WAKES: usize = 100;
 /// Server-side applies in flight while creating the objects.
 const APPLY_CONCURRENCY: usize = 16;
-const FIELD_MANAGER: &str = "elasti-bench";
 /// The label no node has.
 const NOWHERE: (&str, &str) = ("elasti.bench/nowhere", "true");
 const RECONCILED_TIMEOUT: Duration = Duration::from_secs(600);
@@ -63,20 +66,9 @@ fn create_all() -> Result<()> {
                 let c = c.clone();
                 async move {
                     let (d, s, e) = objects(i);
-                    let params = PatchParams::apply(FIELD_MANAGER).force();
-                    let n = name(i);
-                    Api::<Deployment>::namespaced(c.clone(), NS)
-                        .patch(&n, &params, &Patch::Apply(&d))
-                        .await
-                        .with_context(|| format!("apply Deployment {n}"))?;
-                    Api::<Service>::namespaced(c.clone(), NS)
-                        .patch(&n, &params, &Patch::Apply(&s))
-                        .await
-                        .with_context(|| format!("apply Service {n}"))?;
-                    Api::<ElastiService>::namespaced(c, NS)
-                        .patch(&n, &params, &Patch::Apply(&e))
-                        .await
-                        .with_context(|| format!("apply ElastiService {n}"))?;
+                    apply_with(c.clone(), NS, &d).await?;
+                    apply_with(c.clone(), NS, &s).await?;
+                    apply_with(c, NS, &e).await?;
                     anyhow::Ok(())
                 }
             })
