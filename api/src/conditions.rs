@@ -16,6 +16,11 @@ pub const SCALED_TO_ZERO: &str = "ScaledToZero";
 /// `/scale` to zero only once every Ready agent reports intercepting
 /// ([`crate::report::ServiceReport::intercepting`]), or after a timeout.
 pub const SCALE_DOWN_PENDING: &str = "ScaleDownPending";
+/// The [`SCALE_DOWN_PENDING`] reason while the Service is drained before `/scale` goes to
+/// zero: every agent intercepts, and the pods are out of the Service's endpoints
+/// ([`crate::endpoints::DRAINED_SELECTOR_KEY`]) but still run. Agents go on forwarding to
+/// the pods they last saw Ready, so nothing has to wait.
+pub const DRAINING: &str = "Draining";
 /// `True` while the target has a Ready endpoint (`status.mode` is `serve`); its
 /// `lastTransitionTime` says since when, which is what the cooldown counts from.
 pub const SERVING: &str = "Serving";

@@ -8,6 +8,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The key the operator adds to a Service's selector to drain it before a scale-down: no
+/// pod carries it, so the EndpointSlice controller takes every pod out of the Service's
+/// slices, and kube-proxy and ingress controllers send new connections only to the
+/// fallback slices' agents before any pod gets SIGTERM. It is taken out again at the
+/// scale-up (its value is the ElastiService's name).
+pub const DRAINED_SELECTOR_KEY: &str = "elasti.truefoundry.com/drained";
 
 /// Whether `slice` lists pods of Service `namespace/service` (the operator's fallback
 /// slice, whose endpoints are the agents themselves, does not).

@@ -60,6 +60,14 @@ pub struct Args {
     #[arg(long, env = "ELASTI_INTERCEPT_TIMEOUT_SECS", default_value_t = 5)]
     pub intercept_timeout_secs: u64,
 
+    /// Milliseconds a scale-down keeps the Service drained (its pods out of its endpoints,
+    /// the agents forwarding to them) before `/scale` goes to 0: time for kube-proxy on
+    /// every node to sync (its default `minSyncPeriod` is 1 s) and for ingress controllers
+    /// to drop the pods, so that nothing routed by endpoints reaches a pod after its
+    /// SIGTERM. Raise it where kube-proxy syncs slowly (thousands of Services).
+    #[arg(long, env = "ELASTI_DRAIN_DELAY_MS", default_value_t = 2000)]
+    pub drain_delay_ms: u64,
+
     /// Seconds a freed proxy port stays unused before another Service may get it, so an
     /// agent that has not seen the release yet never serves it for the wrong tenant.
     #[arg(long, env = "ELASTI_PORT_QUARANTINE_SECS", default_value_t = 120)]
@@ -188,6 +196,7 @@ mod tests {
         assert_eq!(a.common.namespaces(), None);
         assert!(a.prometheus_allowed_hosts.iter().all(String::is_empty));
         assert_eq!(a.intercept_timeout_secs, 5);
+        assert_eq!(a.drain_delay_ms, 2000);
         let a = Args::parse_from([
             "elasti-operator",
             "--prometheus-allowed-hosts=prometheus.monitoring.svc,10.0.0.1:9090",

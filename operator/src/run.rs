@@ -248,6 +248,7 @@ pub async fn run_until(
         poll_interval: args.poll_interval(),
         namespaces: args.common.namespaces(),
         intercept_timeout: Duration::from_secs(args.intercept_timeout_secs),
+        drain_delay: Duration::from_millis(args.drain_delay_ms),
         cleanup_deadline: Duration::from_secs(args.cleanup_deadline_secs),
     };
     let quarantine = Duration::from_secs(args.port_quarantine_secs);
@@ -311,6 +312,7 @@ pub async fn run_until(
             },
             leader: leader_state.clone(),
             fence: Fence::new(leading_rx.clone()),
+            drained_since: Mutex::default(),
         });
         let (mut lost, mut stop) = (leading_rx.clone(), stop_rx.clone());
         let until = async move {

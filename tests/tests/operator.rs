@@ -1242,7 +1242,8 @@ fn activity_reports_keep_a_service_up_while_a_connection_is_open() -> anyhow::Re
 
 #[test]
 #[ignore = "needs the kind cluster: run with `cargo xtask test`"]
-fn scale_down_patches_scale_only_once_every_agent_intercepts() -> anyhow::Result<()> {
+fn scale_down_patches_scale_only_once_every_agent_intercepts_and_the_service_is_drained()
+-> anyhow::Result<()> {
     require_cluster();
     install_crd()?;
     let ns_owned = TempNamespace::create("op-twophase")?;
@@ -1252,8 +1253,23 @@ fn scale_down_patches_scale_only_once_every_agent_intercepts() -> anyhow::Result
     let token = agent_token(ns)?;
     let prom = FakePrometheus::start(PromAnswer::Value(0.0));
     let op = Scoped {
-        operator: Some(start(ns, &[])),
+        operator: Some(start(ns, &["--drain-delay-ms=1000"])),
         namespaces: vec![ns],
+    };
+    let drained = || jsonpath(ns, "service/web", DRAINED);
+    // Pods, not agents: the fallback slice's endpoints have no targetRef.
+    let pods_listed = || {
+        kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].targetRef.name}",
+        ])
+        .unwrap_or_default()
     };
     apply_es(ns, &with_prometheus(es_for("web"), &prom.url(), 2))?;
     // No report: the decision is announced, and /scale waits out the timeout (5 s).
@@ -1294,14 +1310,38 @@ fn scale_down_patches_scale_only_once_every_agent_intercepts() -> anyhow::Result
         "the timeout is counted"
     );
 
-    // Up again; this time the agent reports that it intercepts.
+    anyhow::ensure!(drained() == "web", "drained at zero: {:?}", drained());
+
+    // Up again by hand: the Service selects its pods again. This time the agent reports
+    // that it intercepts.
     kubectl(&["-n", ns, "scale", "deployment/web", "--replicas=1"])?;
+    wait_until("the drain taken out", Duration::from_secs(10), || {
+        drained().is_empty().then_some(())
+    })?;
     wait_until("ScaleDownPending again", Duration::from_secs(60), || {
         (condition(ns, "web", "ScaleDownPending", "status") == "True").then_some(())
     })?;
+    anyhow::ensure!(
+        !pods_listed().is_empty(),
+        "the pod is listed before the drain"
+    );
     let code = the(&op).report(&token, &report(&node, ns, "web", 0, 0, true))?;
     anyhow::ensure!(code == 202, "report answered {code}");
     let reported = Instant::now();
+    // Issue 14 item 8: the pods leave the Service's endpoints while they still run, and
+    // `/scale` waits for the drain delay after that.
+    wait_until("the Service drained", Duration::from_secs(5), || {
+        (drained() == "web" && pods_listed().is_empty()).then_some(())
+    })?;
+    anyhow::ensure!(
+        jsonpath(ns, "deployment/web", "{.spec.replicas}") == "1",
+        "/scale patched before the drain delay"
+    );
+    anyhow::ensure!(
+        condition(ns, "web", "ScaleDownPending", "reason") == "Draining",
+        "{}",
+        condition(ns, "web", "ScaleDownPending", "reason")
+    );
     wait_for(
         ns,
         "deployment/web",
@@ -1310,7 +1350,23 @@ fn scale_down_patches_scale_only_once_every_agent_intercepts() -> anyhow::Result
         Duration::from_secs(10),
     )?;
     let took = reported.elapsed();
-    eprintln!("intercepting reported → /scale patched: {took:?}");
-    anyhow::ensure!(took < Duration::from_secs(2), "took {took:?}");
+    eprintln!("intercepting reported → drained → /scale patched: {took:?}");
+    anyhow::ensure!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "took {took:?} (drain delay 1 s)"
+    );
+    // Deleted at zero: scaled back up, and the Service selects its pods again.
+    kubectl(&["-n", ns, "delete", "elastiservice", "web", "--wait=true"])?;
+    anyhow::ensure!(drained().is_empty(), "the drain left in: {:?}", drained());
+    wait_for(
+        ns,
+        "deployment/web",
+        "{.spec.replicas}",
+        "1",
+        Duration::from_secs(10),
+    )?;
     Ok(())
 }
+
+/// The drain's selector key, by JSONPath.
+const DRAINED: &str = r#"{.spec.selector.elasti\.truefoundry\.com/drained}"#;

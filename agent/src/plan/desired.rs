@@ -28,13 +28,17 @@ pub struct HeldPort {
     /// ([`elasti_api::conditions::SCALE_DOWN_PENDING`] is `True`): intercept now, while
     /// pods are still Ready.
     pub scale_down_pending: bool,
+    /// The scale-down has drained the Service ([`elasti_api::conditions::DRAINING`]): its
+    /// pods are out of its slices on purpose but still run until `/scale` goes to 0, so
+    /// the ones last seen Ready are still forwarded to.
+    pub draining: bool,
     /// The ElastiService's `probeResponse` rules, answered at zero without waking.
     pub probe_response: Vec<elasti_api::ProbeRule>,
 }
 
 use elasti_api::{
     TriggerType,
-    conditions::{READY, SCALE_DOWN_PENDING, TARGET_NOT_FOUND},
+    conditions::{DRAINING, READY, SCALE_DOWN_PENDING, TARGET_NOT_FOUND},
 };
 
 /// The ports to hold: every TCP port of every ElastiService's Service that has a proxy
@@ -55,10 +59,12 @@ pub fn held_ports<'a>(
             .conditions
             .iter()
             .any(|c| c.type_ == READY && c.status == "False" && c.reason == TARGET_NOT_FOUND);
-        let scale_down_pending = status
+        let pending = status
             .conditions
             .iter()
-            .any(|c| c.type_ == SCALE_DOWN_PENDING && c.status == "True");
+            .find(|c| c.type_ == SCALE_DOWN_PENDING && c.status == "True");
+        let scale_down_pending = pending.is_some();
+        let draining = pending.is_some_and(|c| c.reason == DRAINING);
         let count = es
             .spec
             .triggers
@@ -106,6 +112,7 @@ pub fn held_ports<'a>(
                 target_missing,
                 count,
                 scale_down_pending,
+                draining,
                 probe_response: es.spec.probe_response.clone(),
             });
         }

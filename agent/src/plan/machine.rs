@@ -9,7 +9,9 @@
 //! endpoints go. While the operator scales the target down
 //! ([`elasti_api::conditions::SCALE_DOWN_PENDING`]) a Ready port is `Intercepting`: steered
 //! here and forwarded at once to the pods that remain, so nothing reaches a pod that is
-//! going away through kube-proxy; when they are gone it is `Holding`. A port no longer
+//! going away through kube-proxy; when they are gone it is `Holding`. While the operator
+//! drains the Service before `/scale` goes to 0 (`Draining`), its pods leave its slices but
+//! still run: an intercepting port goes on feeding the ones it last fed. A port no longer
 //! managed goes `Leaving`: nothing new reaches it, and what it still holds stays fed until
 //! answered or its deadline passes.
 //!
@@ -319,7 +321,14 @@ impl Machine {
 
         // Ports to hold.
         for (id, plan) in wanted {
-            let endpoints = ready(&id);
+            let mut endpoints = ready(&id);
+            if endpoints.is_empty()
+                && plan.draining
+                && let Some(port) = self.ports.get(&id)
+                && port.phase == Phase::Intercepting
+            {
+                endpoints = port.fed.clone();
+            }
             let is_ready = !endpoints.is_empty();
             let port = self.ports.entry(id.clone()).or_insert_with(|| Port {
                 plan: plan.clone(),
@@ -598,6 +607,7 @@ mod tests {
             target_missing: false,
             count: false,
             scale_down_pending: false,
+            draining: false,
             probe_response: Vec::new(),
         }
     }
@@ -1055,6 +1065,46 @@ mod tests {
         // scale-down).
         let d = m.decide(&World::new(going.clone()).held("web", 1).observed, t0);
         assert_eq!(kinds(&d), ["feed", "wake"]);
+    }
+
+    fn draining(mut p: HeldPort) -> HeldPort {
+        p.scale_down_pending = true;
+        p.draining = true;
+        p
+    }
+
+    /// Issue 14 item 8: the drain takes the pods out of the Service's slices while they
+    /// still run; an intercepting agent goes on forwarding to them (no hold, no wake), and
+    /// holds only once `/scale` has gone to 0 (the operator says `ScalingDown`).
+    #[test]
+    fn a_drained_service_is_still_forwarded_to_the_pods_last_fed_until_the_scale_down() {
+        let mut m = machine();
+        let t0 = Instant::now();
+        let going = vec![pending(port("web", "10.96.0.1", 24000))];
+        let d = m.decide(&World::new(going).ready("web", 2).observed, t0);
+        assert_eq!(kinds(&d), ["listen", "map", "feed"]);
+        let fed = d.actions.iter().find_map(|a| match a {
+            Action::Feed { endpoints, .. } => Some(endpoints.clone()),
+            _ => None,
+        });
+        // Drained: no pod in the slices, requests waiting; nothing changes for them.
+        let drained = vec![draining(port("web", "10.96.0.1", 24000))];
+        let d = m.decide(&World::new(drained.clone()).held("web", 3).observed, t0);
+        assert!(d.actions.is_empty(), "still fed, not held: {d:?}");
+        assert_eq!(
+            m.ports.get(&sid("web")).map(|p| p.fed.clone()),
+            fed,
+            "the pods last fed"
+        );
+        // `/scale` went to 0: the pods are going, so the waiters are held and wake.
+        let down = vec![pending(port("web", "10.96.0.1", 24000))];
+        let d = m.decide(&World::new(down).held("web", 3).observed, t0);
+        assert_eq!(kinds(&d), ["feed", "wake"]);
+        // A port first seen drained (an agent started mid-drain) has nothing to feed: it
+        // holds and wakes, which abandons the scale-down.
+        let mut fresh = machine();
+        let d = fresh.decide(&World::new(drained).held("web", 1).observed, t0);
+        assert_eq!(kinds(&d), ["listen", "map", "wake"]);
     }
 
     #[test]

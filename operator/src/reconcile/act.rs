@@ -1,8 +1,10 @@
-//! The reconcile's writes: the scale, the status, the fallback slices and the events, each
-//! on its own (one that fails does not stop the others), each only while this replica
-//! leads. The status goes right after the scale: the agents start steering on its
-//! `ScaleDownPending` condition (`agent/src/plan/desired.rs`), and a scale-down's second
-//! phase waits for them (`decide.rs`), so nothing slower comes first. A failed scale says
+//! The reconcile's writes: the scale, the status, the Service's drain, the fallback slices
+//! and the events, each on its own (one that fails does not stop the others), each only
+//! while this replica leads. The status goes right after the scale: the agents start
+//! steering on its `ScaleDownPending` condition (`agent/src/plan/desired.rs`), and a
+//! scale-down's later phases wait for them (`decide.rs`), so nothing slower comes first;
+//! the drain comes after it, so that the agents know to go on forwarding to the pods it
+//! takes out of the Service's endpoints. A failed scale says
 //! why in the `Ready` condition and in an event, with its whole cause chain.
 use std::time::Duration;
 
@@ -16,10 +18,10 @@ use kube::{
 
 use super::{
     Context, Error,
-    decide::{Plan, Scale, Slices},
+    decide::{Drain, Plan, Scale, Slices},
     fallback,
 };
-use crate::status;
+use crate::{scale::drain, status};
 
 /// Carries out `plan` for `es`.
 ///
@@ -72,7 +74,7 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
     }
 
     ctx.fence.check()?;
-    if let Err(e) = super::write_status(
+    let written = super::write_status(
         ctx,
         es,
         super::StatusUpdate {
@@ -82,9 +84,31 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
         },
         now,
     )
-    .await
-    {
+    .await;
+    // The agents must have read `Draining` before the pods leave the endpoints: otherwise
+    // they would hold what they could forward, and wake the target.
+    let drain_now = match plan.drain {
+        Drain::Drain if written.is_err() => Drain::Keep,
+        d => d,
+    };
+    if let Err(e) = written {
         failed.push(e);
+    }
+    if drain_now != Drain::Keep {
+        ctx.fence.check()?;
+    }
+    let drained = match drain_now {
+        Drain::Drain => Some(drain::drain(&ctx.client, &ns, &es.spec.service, &name).await),
+        Drain::Restore => Some(
+            drain::restore(&ctx.client, &ns, &es.spec.service)
+                .await
+                .map(drop),
+        ),
+        Drain::Keep => None,
+    };
+    if let Some(Err(e)) = drained {
+        tracing::warn!(error = %DisplayChain(&e), drain = ?drain_now, "draining the Service failed");
+        failed.push(super::api_err("draining the Service")(e));
     }
 
     let slices = match plan.slices {

@@ -2,19 +2,29 @@
 //! to write (status, conditions, fallback slices, a scale, events) and when to look again.
 //! Pure, unit-tested without a cluster.
 //!
-//! **Two-phase scale-down** (`elasti_api::conditions::SCALE_DOWN_PENDING`): when the verdict
-//! says scale down, the first decision only sets `ScaleDownPending` True and publishes the
-//! fallback slices; the agents then steer the Service to themselves. `/scale` is patched to
-//! 0 once every Ready agent reports that it intercepts, or after the intercept timeout
-//! (counted). The condition turns False once the target is at zero with no Ready endpoint,
-//! or when the scale-down is abandoned (a wake, a busy trigger, a closed window).
+//! **Scale-down in phases** (`elasti_api::conditions::SCALE_DOWN_PENDING`), so that no
+//! request on any path reaches a pod that is going away:
+//! 1. *Intercepting*: when the verdict says scale down, the first decision only sets
+//!    `ScaleDownPending` True and publishes the fallback slices; the agents then steer the
+//!    Service to themselves (pod clients) and forward to its pods.
+//! 2. *Draining* ([`elasti_api::conditions::DRAINING`]): once every Ready agent reports
+//!    that it intercepts (or after the intercept timeout, counted), the Service is drained
+//!    (`crate::scale::drain`): its pods leave its endpoints, so kube-proxy (NodePort) and
+//!    ingress controllers send new connections to the agents alone, which go on forwarding
+//!    to the pods they last saw Ready.
+//! 3. *ScalingDown*: once the Service's slices list no pod and the drain delay has passed
+//!    since (kube-proxy's next sync), `/scale` is patched to 0.
+//!
+//! A Service without a selector skips the drain. The condition turns False once the target
+//! is at zero with no Ready endpoint, or when the scale-down is abandoned (a wake, a busy
+//! trigger, a closed window); an abandoned drain is taken out again.
 use std::{sync::Arc, time::Duration};
 
 use elasti_api::{
     ElastiService, Mode, ProxyPort,
     conditions::{
-        CONFLICT, READY, SCALE_DOWN_PENDING, SCALE_TO_ZERO_ALLOWED, SCALED_TO_ZERO, SERVING,
-        TARGET_NOT_FOUND,
+        CONFLICT, DRAINING, READY, SCALE_DOWN_PENDING, SCALE_TO_ZERO_ALLOWED, SCALED_TO_ZERO,
+        SERVING, TARGET_NOT_FOUND,
     },
 };
 use jiff::Timestamp;
@@ -46,6 +56,17 @@ pub enum ServiceSeen {
     Found,
 }
 
+/// The Service's selector, as far as the drain goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectorSeen {
+    /// No selector: its endpoints are its owner's, and it is never drained.
+    None,
+    /// It selects the target's pods.
+    Selects,
+    /// It carries `elasti_api::endpoints::DRAINED_SELECTOR_KEY`: no pod is listed.
+    Drained,
+}
+
 /// The target's scale, as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetSeen {
@@ -68,6 +89,14 @@ pub struct Observed {
     pub target: TargetSeen,
     /// The target has a Ready endpoint.
     pub ready: bool,
+    /// The Service's selector.
+    pub selector: SelectorSeen,
+    /// The Service's own slices list a pod (Ready or not).
+    pub pods_listed: bool,
+    /// How long the Service has been drained with no pod listed, as this replica saw it.
+    pub drained_for: Option<Duration>,
+    /// How long a drained Service stays drained before `/scale` goes to 0.
+    pub drain_delay: Duration,
     /// The Ready agents.
     pub agents: Vec<AgentEndpoint>,
     /// elasti's fallback slices of the Service, as they are now.
@@ -94,6 +123,17 @@ pub enum Slices {
     Remove,
     /// Leave them as they are (another ElastiService owns the Service's slices, or the
     /// mode is unknown).
+    Keep,
+}
+
+/// What to do with the Service's drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Drain it (its pods leave its endpoints).
+    Drain,
+    /// Take the drain out.
+    Restore,
+    /// Leave the selector as it is.
     Keep,
 }
 
@@ -125,6 +165,7 @@ pub struct Plan {
     pub proxy_ports: Vec<ProxyPort>,
     pub conditions: Vec<Condition>,
     pub slices: Slices,
+    pub drain: Drain,
     pub scale: Option<Scale>,
     pub events: Vec<Note>,
     pub requeue: Duration,
@@ -216,9 +257,8 @@ pub fn inputs(es: &ElastiService, o: &Observed) -> Option<Inputs> {
     }
     let old = es.status.clone().unwrap_or_default();
     let serving = find(&old.conditions, SERVING).filter(|c| c.status == "True");
-    let ready_since = o
-        .ready
-        .then(|| serving.map_or(o.now, |c| stored(c.last_transition_time.0)));
+    let ready_since =
+        ready(es, o).then(|| serving.map_or(o.now, |c| stored(c.last_transition_time.0)));
     Some(Inputs {
         now: o.now,
         created: es.metadata.creation_timestamp.as_ref().map(|t| stored(t.0)),
@@ -231,6 +271,24 @@ pub fn inputs(es: &ElastiService, o: &Observed) -> Option<Inputs> {
         window: o.window.clone(),
         kept_up_by: o.kept_up_by.clone(),
     })
+}
+
+/// Whether the scale-down in progress has drained the Service: its pods are out of its
+/// endpoints on purpose, and still run.
+fn drained_on_purpose(es: &ElastiService, o: &Observed) -> bool {
+    let pending = es.status.as_ref().is_some_and(|s| {
+        find(&s.conditions, SCALE_DOWN_PENDING).is_some_and(|c| c.status == "True")
+    });
+    pending
+        && o.selector == SelectorSeen::Drained
+        && matches!(o.target, TargetSeen::Replicas(n) if n > 0)
+}
+
+/// Whether the target counts as having a Ready endpoint: it has one, or the scale-down's
+/// drain took its pods out of the Service's slices (they still run, and the agents forward
+/// to them), which must not read as a target that stopped being Ready.
+fn ready(es: &ElastiService, o: &Observed) -> bool {
+    o.ready || drained_on_purpose(es, o)
 }
 
 /// Whether the verdict needs the triggers read.
@@ -286,6 +344,7 @@ impl Builder<'_> {
             },
             conditions: self.conditions,
             slices,
+            drain: Drain::Keep,
             scale: None,
             events: self.events,
             requeue: self.o.poll,
@@ -299,7 +358,17 @@ impl Builder<'_> {
 pub fn decide(es: &ElastiService, o: &Observed) -> Plan {
     let mut plan = decide_writes(es, o);
     plan.slices = settle(plan.slices, &o.fallback);
+    plan.drain = settle_drain(plan.drain, o.selector);
     plan
+}
+
+/// Nothing to write when the Service already is as wanted (or has no selector to drain).
+fn settle_drain(drain: Drain, seen: SelectorSeen) -> Drain {
+    match (drain, seen) {
+        (Drain::Drain, SelectorSeen::Selects) => Drain::Drain,
+        (Drain::Restore, SelectorSeen::Drained) => Drain::Restore,
+        _ => Drain::Keep,
+    }
 }
 
 /// Nothing to write when the fallback slices already are what the plan wants: at zero,
@@ -359,12 +428,13 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
     let Some(inp) = inputs(es, o) else {
         unreachable!("the Service, ports and target are known")
     };
-    let mode = if o.ready { Mode::Serve } else { Mode::Proxy };
+    let ready = ready(es, o);
+    let mode = if ready { Mode::Serve } else { Mode::Proxy };
 
     // Serving, and how long the wake took.
     let serving = find(&old.conditions, SERVING).filter(|c| c.status == "True");
     let mut woken_in = None;
-    if o.ready && serving.is_none() {
+    if ready && serving.is_none() {
         let down_since = find(&old.conditions, SERVING).map(|c| c.last_transition_time.0);
         if let Some(up) = old.last_scaled_up_time.as_ref().map(|t| t.0)
             && down_since.is_none_or(|d| up >= d)
@@ -383,7 +453,7 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
             });
         }
     }
-    if o.ready {
+    if ready {
         b.set(
             SERVING,
             true,
@@ -434,18 +504,26 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
         },
     };
 
-    let pending_since = find(&old.conditions, SCALE_DOWN_PENDING)
-        .filter(|c| c.status == "True")
-        .map(|c| c.last_transition_time.0);
+    let pending = find(&old.conditions, SCALE_DOWN_PENDING).filter(|c| c.status == "True");
+    let pending_since = pending.map(|c| c.last_transition_time.0);
+    let draining = pending.is_some_and(|c| c.reason == DRAINING);
     let mut requeue = o.poll;
     let mut publish = mode == Mode::Proxy;
     let mut scale = None;
     let mut intercept_timed_out = false;
+    // Up, and no scale-down under way: the Service selects its pods (a drain left by a
+    // crash or a manual scale-up comes out). At zero it stays as it is.
+    let mut drain = if replicas > 0 {
+        Drain::Restore
+    } else {
+        Drain::Keep
+    };
     match verdict {
         Verdict::ScaleDown => {
             publish = true;
             match pending_since {
                 None => {
+                    drain = Drain::Keep;
                     b.set(
                         SCALE_DOWN_PENDING,
                         true,
@@ -456,29 +534,50 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
                 }
                 Some(since) => {
                     let waited = elapsed(since, o.now);
-                    if o.not_intercepting.is_empty() {
-                        scale = Some(Scale::Down);
-                        b.set(
-                            SCALE_DOWN_PENDING,
-                            true,
-                            "ScalingDown",
-                            "every Ready agent intercepts",
-                        );
-                    } else if waited >= o.intercept_timeout {
-                        scale = Some(Scale::Down);
-                        intercept_timed_out = true;
-                        let msg = format!(
-                            "the agents on {} did not report intercepting within {}s; scaling down anyway",
-                            o.not_intercepting.join(", "),
-                            o.intercept_timeout.as_secs()
-                        );
-                        b.events.push(Note {
-                            warning: true,
-                            reason: "InterceptTimeout",
-                            note: msg.clone(),
-                        });
-                        b.set(SCALE_DOWN_PENDING, true, "InterceptTimeout", msg);
+                    let intercepted = draining || o.not_intercepting.is_empty();
+                    if intercepted || waited >= o.intercept_timeout {
+                        let mut why = "every Ready agent intercepts".to_string();
+                        if !intercepted {
+                            intercept_timed_out = true;
+                            why = format!(
+                                "the agents on {} did not report intercepting within {}s; scaling down anyway",
+                                o.not_intercepting.join(", "),
+                                o.intercept_timeout.as_secs()
+                            );
+                            b.events.push(Note {
+                                warning: true,
+                                reason: "InterceptTimeout",
+                                note: why.clone(),
+                            });
+                        }
+                        match drain_step(o) {
+                            DrainStep::Start => {
+                                drain = Drain::Drain;
+                                b.set(
+                                    SCALE_DOWN_PENDING,
+                                    true,
+                                    DRAINING,
+                                    format!("{why}; the pods leave the Service's endpoints"),
+                                );
+                                requeue = requeue.min(o.drain_delay + RECHECK_MARGIN);
+                            }
+                            DrainStep::Wait(left) => {
+                                drain = Drain::Keep;
+                                requeue = requeue.min(left + RECHECK_MARGIN);
+                            }
+                            DrainStep::Done => {
+                                drain = Drain::Keep;
+                                scale = Some(Scale::Down);
+                                let reason = if intercept_timed_out {
+                                    "InterceptTimeout"
+                                } else {
+                                    "ScalingDown"
+                                };
+                                b.set(SCALE_DOWN_PENDING, true, reason, why);
+                            }
+                        }
                     } else {
+                        drain = Drain::Keep;
                         requeue = requeue.min(o.intercept_timeout - waited + RECHECK_MARGIN);
                     }
                 }
@@ -500,6 +599,7 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
             }
         }
         Verdict::ScaleUp { cause, detail } => {
+            drain = Drain::Restore;
             if pending_since.is_some() {
                 b.set(SCALE_DOWN_PENDING, false, "Abandoned", detail.clone());
             }
@@ -526,7 +626,7 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
             if pending_since.is_some() {
                 if replicas > 0 {
                     b.set(SCALE_DOWN_PENDING, false, "Abandoned", detail.clone());
-                } else if o.ready {
+                } else if ready {
                     // At zero, pods still going: the agents keep steering.
                     publish = true;
                 } else {
@@ -562,6 +662,8 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
             target.name
         ),
     );
+    // A drained Service lists no pod: until it does again, the agents are all it has.
+    publish |= o.selector == SelectorSeen::Drained;
     let slices = if publish {
         Slices::Publish(fallback::desired(es, &es.spec.service, &ports, &o.agents))
     } else {
@@ -572,11 +674,38 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
         proxy_ports: ports,
         conditions: b.conditions,
         slices,
+        drain,
         scale,
         events: b.events,
         requeue,
         intercept_timed_out,
         woken_in,
+    }
+}
+
+/// Where the drain of a scale-down stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DrainStep {
+    /// Drain the Service now.
+    Start,
+    /// Drained; look again after this long (pods still listed, or kube-proxy's sync).
+    Wait(Duration),
+    /// Drained long enough, or nothing to drain: `/scale` may go to 0.
+    Done,
+}
+
+fn drain_step(o: &Observed) -> DrainStep {
+    match (o.selector, o.pods_listed, o.drained_for) {
+        (SelectorSeen::None, _, _) => DrainStep::Done,
+        (SelectorSeen::Selects, _, _) => DrainStep::Start,
+        // The EndpointSlice controller has not caught up; its update requeues at once.
+        (SelectorSeen::Drained, true, _) | (SelectorSeen::Drained, false, None) => {
+            DrainStep::Wait(o.drain_delay)
+        }
+        (SelectorSeen::Drained, false, Some(d)) if d < o.drain_delay => {
+            DrainStep::Wait(o.drain_delay - d)
+        }
+        (SelectorSeen::Drained, false, Some(_)) => DrainStep::Done,
     }
 }
 

@@ -121,6 +121,8 @@ pub struct Settings {
     pub namespaces: Option<Vec<String>>,
     /// How long a scale-down waits for every Ready agent to report intercepting.
     pub intercept_timeout: Duration,
+    /// How long a drained Service stays drained before `/scale` goes to 0.
+    pub drain_delay: Duration,
     /// How long the finalizer tries to scale a target back up before it lets go.
     pub cleanup_deadline: Duration,
 }
@@ -161,6 +163,9 @@ pub struct Context {
     pub agents: AgentsView,
     pub leader: Leader,
     pub fence: Fence,
+    /// Since when each drained Service (namespace, name) has listed no pod, as this
+    /// replica saw it (a new leader starts the wait again: longer, never shorter).
+    pub drained_since: Mutex<std::collections::HashMap<(String, String), Instant>>,
 }
 
 impl Context {
@@ -405,6 +410,13 @@ async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return Err(e.into()),
     }
     ctx.fence.check()?;
+    // A Service deleted mid-drain (its target still up) selects its pods again.
+    if let Err(e) = scale::drain::restore(&ctx.client, &ns, &es.spec.service).await {
+        if !give_up {
+            return Err(api_err("taking the drain out of the Service")(e));
+        }
+        tracing::warn!(namespace = %ns, elastiservice = %name, error = %DisplayChain(&e), "the Service's drain left in");
+    }
     if let Err(e) = fallback::sync(&ctx.client, &ns, &es.spec.service, Vec::new()).await {
         if !give_up {
             return Err(api_err("removing the fallback EndpointSlices")(e));

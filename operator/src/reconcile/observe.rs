@@ -11,12 +11,12 @@ use kube::{Api, ResourceExt, api::ListParams};
 
 use super::{
     Context, Error, agents, api_err,
-    decide::{self, Observed, ServiceSeen, TargetSeen},
+    decide::{self, Observed, SelectorSeen, ServiceSeen, TargetSeen},
 };
 use crate::{
     group::Graph,
     ports::ServicePort,
-    scale::{target, verdict::Window},
+    scale::{drain, target, verdict::Window},
     triggers,
 };
 
@@ -198,6 +198,25 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
     let ready = port_names
         .iter()
         .any(|p| !endpoints::ready_endpoints(pods_slices.iter().copied(), p).is_empty());
+    let pods_listed = pods_slices.iter().any(|s| !s.endpoints.is_empty());
+    let selector = match &svc {
+        Some(s) if drain::is_drained(s) => SelectorSeen::Drained,
+        Some(s) if drain::has_selector(s) => SelectorSeen::Selects,
+        _ => SelectorSeen::None,
+    };
+    let drained_for = {
+        let key = (ns.clone(), es.spec.service.clone());
+        let mut since = ctx
+            .drained_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if selector == SelectorSeen::Drained && !pods_listed {
+            Some(since.entry(key).or_insert_with(Instant::now).elapsed())
+        } else {
+            since.remove(&key);
+            None
+        }
+    };
 
     let agents = ctx.agents.ready();
     let ready_nodes = agents::nodes(&agents);
@@ -216,6 +235,10 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
         ports,
         target,
         ready,
+        selector,
+        pods_listed,
+        drained_for,
+        drain_delay: ctx.settings.drain_delay,
         agents,
         fallback,
         window: window(es, now),

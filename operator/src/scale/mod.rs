@@ -3,8 +3,11 @@
 //! - [`verdict`]: whether to sleep, wake or stay (pure).
 //! - [`target`]: replicas through the `/scale` subresource.
 //! - [`keda`]: pausing a ScaledObject around elasti's own scaling.
+//! - [`drain`]: the Service's pods out of its endpoints before a scale-down, back at the
+//!   scale-up.
 //! - [`Scaler`]: the scale-up (from a wake, a trigger or the schedule, with the group) and
 //!   the scale-down, with their events, metrics and status.
+pub mod drain;
 pub mod keda;
 pub mod target;
 pub mod verdict;
@@ -138,13 +141,21 @@ impl Scaler {
         }
         let to = es.spec.min_target_replicas.max(1);
         self.targets.set_replicas(ns, target, to).await?;
-        status::patch(
-            &self.client,
-            es,
-            serde_json::json!({ "lastScaledUpTime": Timestamp::now() }),
-        )
-        .await
-        .map_err(Error::Status)?;
+        // The pods take longer to start than the Service takes to select them again, so the
+        // drain comes out after the scale, not before it.
+        let (recorded, restored) = futures::join!(
+            status::patch(
+                &self.client,
+                es,
+                serde_json::json!({ "lastScaledUpTime": Timestamp::now() }),
+            ),
+            drain::restore(&self.client, ns, &es.spec.service)
+        );
+        if let Err(e) = restored {
+            // The reconcile that follows takes it out (decide: up, not pending, drained).
+            tracing::warn!(namespace = %ns, elastiservice = %key.1, error = %DisplayChain(&e), "taking the drain out of the Service failed");
+        }
+        recorded.map_err(Error::Status)?;
         self.metrics.scaled("up", cause);
         tracing::info!(namespace = %ns, elastiservice = %key.1, target = %target.name, to, cause, "scaled up");
         self.event(

@@ -77,6 +77,10 @@ fn seen() -> Observed {
         ports: Ok(vec![port()]),
         target: TargetSeen::Replicas(1),
         ready: true,
+        selector: SelectorSeen::Selects,
+        pods_listed: true,
+        drained_for: None,
+        drain_delay: Duration::from_secs(2),
         agents: vec![AgentEndpoint {
             node: "n1".into(),
             ip: [10, 0, 0, 1].into(),
@@ -137,16 +141,121 @@ fn an_idle_target_is_first_only_announced_to_the_agents() {
     assert_eq!(plan.mode, Some(Mode::Serve));
 }
 
+/// The Service as the drain leaves it: no pod in its slices (so none Ready), for `secs`.
+fn drained(mut o: Observed, secs: f64) -> Observed {
+    o.selector = SelectorSeen::Drained;
+    o.pods_listed = false;
+    o.ready = false;
+    o.drained_for = Some(Duration::from_secs_f64(secs));
+    o.not_intercepting.clear();
+    o
+}
+
+/// Issue 14 item 8: kube-proxy (NodePort) and ingress controllers route by endpoints, so
+/// the pods leave the Service's endpoints, and kube-proxy is given its sync, before any pod
+/// gets SIGTERM.
 #[test]
-fn once_every_ready_agent_intercepts_the_target_goes_to_zero() {
+fn once_every_ready_agent_intercepts_the_service_is_drained_and_then_goes_to_zero() {
     let es = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 999);
     let mut o = seen();
     o.not_intercepting.clear();
     let plan = decide(&es, &o);
-    assert!(matches!(plan.scale, Some(Scale::Down)));
-    assert!(!plan.intercept_timed_out);
-    assert_eq!(state(&plan, SCALED_TO_ZERO).0, "True");
+    assert!(plan.scale.is_none(), "/scale patched while pods are listed");
+    assert_eq!(plan.drain, Drain::Drain);
+    assert_eq!(
+        state(&plan, SCALE_DOWN_PENDING),
+        ("True".into(), DRAINING.into())
+    );
+    assert!(
+        plan.requeue <= Duration::from_millis(2100),
+        "{:?}",
+        plan.requeue
+    );
     assert_eq!(published(&plan), 1);
+
+    // Drained half a second ago: the pods are out of the slices but the target still
+    // counts as Ready (its cooldown does not start again), and kube-proxy is waited for.
+    let es = serving().with_condition(SCALE_DOWN_PENDING, true, DRAINING, 999);
+    let plan = decide(&es, &drained(seen(), 0.5));
+    assert!(plan.scale.is_none());
+    assert_eq!(plan.drain, Drain::Keep, "already drained");
+    assert!(
+        plan.requeue > Duration::from_millis(1400) && plan.requeue < Duration::from_millis(1600),
+        "{:?}",
+        plan.requeue
+    );
+    assert_eq!(state(&plan, SERVING).0, "True");
+    assert_eq!(plan.mode, Some(Mode::Serve));
+
+    // The EndpointSlice controller has not caught up: still waiting.
+    let mut listed = drained(seen(), 5.0);
+    listed.pods_listed = true;
+    listed.drained_for = None;
+    assert!(decide(&es, &listed).scale.is_none());
+
+    // Drained for the whole delay: to zero.
+    let plan = decide(&es, &drained(seen(), 2.0));
+    assert!(matches!(plan.scale, Some(Scale::Down)), "{:?}", plan.scale);
+    assert!(!plan.intercept_timed_out);
+    assert_eq!(
+        state(&plan, SCALE_DOWN_PENDING),
+        ("True".into(), "ScalingDown".into())
+    );
+    assert_eq!(state(&plan, SCALED_TO_ZERO).0, "True");
+    assert_eq!(plan.drain, Drain::Keep, "stays drained at zero");
+    assert_eq!(published(&plan), 1);
+}
+
+#[test]
+fn a_service_without_a_selector_is_not_drained() {
+    let es = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 999);
+    let mut o = seen();
+    o.not_intercepting.clear();
+    o.selector = SelectorSeen::None;
+    let plan = decide(&es, &o);
+    assert!(matches!(plan.scale, Some(Scale::Down)));
+    assert_eq!(plan.drain, Drain::Keep);
+}
+
+#[test]
+fn a_wake_during_the_drain_abandons_it_and_takes_the_drain_out() {
+    let es = serving()
+        .with_condition(SCALE_DOWN_PENDING, true, DRAINING, 998)
+        .woken_at(999);
+    let plan = decide(&es, &drained(seen(), 0.5));
+    assert!(plan.scale.is_none());
+    assert_eq!(plan.drain, Drain::Restore);
+    assert_eq!(
+        state(&plan, SCALE_DOWN_PENDING),
+        ("False".into(), "Abandoned".into())
+    );
+    assert_eq!(
+        published(&plan),
+        1,
+        "the fallback slice stays until the pods are listed again"
+    );
+}
+
+#[test]
+fn the_drain_comes_out_at_the_scale_up_and_stays_at_zero_until_then() {
+    let mut o = drained(seen(), 60.0);
+    o.target = TargetSeen::Replicas(0);
+    o.drained_for = None;
+    let asleep = es().with_condition(SCALED_TO_ZERO, true, "ScaledToZero", 900);
+    assert_eq!(decide(&asleep, &o).drain, Drain::Keep);
+    let plan = decide(&asleep.clone().woken_at(999), &o);
+    assert!(
+        matches!(plan.scale, Some(Scale::Up { .. })),
+        "{:?}",
+        plan.scale
+    );
+    assert_eq!(plan.drain, Drain::Restore);
+    // Up again by hand, or a drain a crash left: the Service selects its pods again.
+    let mut up = drained(seen(), 60.0);
+    up.pods_listed = false;
+    assert_eq!(decide(&serving(), &up).drain, Drain::Restore);
+    // Nothing to write when it already does.
+    assert_eq!(decide(&serving(), &seen()).drain, Drain::Keep);
 }
 
 #[test]
@@ -161,7 +270,7 @@ fn an_agent_that_never_reports_delays_the_scale_down_by_the_timeout_only() {
     );
     let late = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 994);
     let plan = decide(&late, &seen());
-    assert!(matches!(plan.scale, Some(Scale::Down)));
+    assert_eq!(plan.drain, Drain::Drain, "drained anyway");
     assert!(plan.intercept_timed_out, "counted");
     assert!(
         plan.events

@@ -12,8 +12,9 @@
 //! Each round is traced through the operator's and the agents' own log lines, which the
 //! machine's one clock dates like the watch: the operator's cooldown end (its timestamps
 //! keep whole seconds, and it rounds them up so that a cooldown is never cut short) →
-//! `ScaleDownPending` written (the triggers read) → the last agent intercepting →
-//! `/scale` patched → replicas 0 seen.
+//! `ScaleDownPending` written (the triggers read) → the last agent intercepting → the
+//! Service drained (`Draining` written; then `--drain-delay-ms` for kube-proxy's sync, by
+//! design) → `/scale` patched → replicas 0 seen.
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -52,6 +53,8 @@ struct Steps {
     to_pending: f64,
     /// → the last agent's "holding" line.
     to_intercepted: f64,
+    /// → `Draining` written (the drain follows it at once).
+    to_drained: f64,
     /// → the operator's "scaled to zero" line (the `/scale` patch answered).
     to_patched: f64,
 }
@@ -148,7 +151,16 @@ fn trace(created: SystemTime, serving_at: &str) -> Result<(SystemTime, Steps)> {
         ],
         "ScaleDownPending",
     )?;
-    let patched = ours(pending, &["scaled to zero"], "scaled to zero")?;
+    let drained = ours(
+        pending,
+        &[
+            "condition changed",
+            "condition=ScaleDownPending",
+            "reason=Draining",
+        ],
+        "Draining",
+    )?;
+    let patched = ours(drained, &["scaled to zero"], "scaled to zero")?;
     let service = format!("service={NS}/web:");
     let agents = log_lines("elasti-agent")?;
     let intercepted = first_per_pod(
@@ -165,6 +177,7 @@ fn trace(created: SystemTime, serving_at: &str) -> Result<(SystemTime, Steps)> {
             rounding: ms_between(serving + cooldown, reckoned),
             to_pending: ms_between(reckoned, pending),
             to_intercepted: ms_between(reckoned, intercepted),
+            to_drained: ms_between(reckoned, drained),
             to_patched: ms_between(reckoned, patched),
         },
     ))
@@ -269,7 +282,11 @@ impl ScaleDowns {
                 step(|s| s.to_pending),
             ),
             ("the last agent intercepting", step(|s| s.to_intercepted)),
-            ("`/scale` patched", step(|s| s.to_patched)),
+            ("the Service drained", step(|s| s.to_drained)),
+            (
+                "`/scale` patched (after the drain delay, 2,000 ms by default)",
+                step(|s| s.to_patched),
+            ),
         ];
         for (what, v) in steps {
             let v = st(&v);
@@ -290,6 +307,7 @@ impl ScaleDowns {
             "baseline_query_plus_patch_ms": summary(&self.baseline),
             "cooldown_end_to_pending_written_ms": summary(&step(|s| s.to_pending)),
             "cooldown_end_to_last_agent_intercepting_ms": summary(&step(|s| s.to_intercepted)),
+            "cooldown_end_to_drained_ms": summary(&step(|s| s.to_drained)),
             "cooldown_end_to_scale_patched_ms": summary(&step(|s| s.to_patched)),
             "whole_second_rounding_ms": summary(&step(|s| s.rounding)),
         });

@@ -1,0 +1,118 @@
+//! The scale-down's drain: before `/scale` goes to zero, the Service's pods leave its
+//! endpoints, so that nothing which routes by endpoints (kube-proxy for NodePort and
+//! LoadBalancer traffic, ingress controllers) still sends a new connection to a pod that
+//! is about to get SIGTERM. The operator adds [`DRAINED_SELECTOR_KEY`] to the Service's
+//! selector; no pod carries it, so the EndpointSlice controller lists none, and the
+//! fallback slices' agents (which go on forwarding to the pods they last saw Ready) are
+//! all that is left. The key comes out again at the scale-up.
+//!
+//! Both are JSON patches of that one key: the rest of the selector (the tenant's) is
+//! never written, and a Service without a selector (its endpoints are its owner's) is
+//! never drained.
+use elasti_api::endpoints::DRAINED_SELECTOR_KEY;
+use k8s_openapi::api::core::v1::Service;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+
+/// The selector key as a JSON pointer (RFC 6901: `/` is written `~1`).
+fn pointer() -> String {
+    format!(
+        "/spec/selector/{}",
+        DRAINED_SELECTOR_KEY.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+/// Whether `svc` is drained now.
+pub fn is_drained(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|s| s.contains_key(DRAINED_SELECTOR_KEY))
+}
+
+/// Whether `svc` selects pods at all (a Service without a selector is never drained).
+pub fn has_selector(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|s| !s.is_empty())
+}
+
+fn json_patch(ops: serde_json::Value) -> Result<Patch<()>, serde_json::Error> {
+    Ok(Patch::Json(serde_json::from_value(ops)?))
+}
+
+fn invalid(e: serde_json::Error) -> kube::Error {
+    kube::Error::SerdeError(e)
+}
+
+/// Drains Service `namespace/service` for the ElastiService `owner`. An `add` under a
+/// selector that is gone fails by itself, so a Service that lost its selector since it was
+/// read is not given one.
+pub async fn drain(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    owner: &str,
+) -> Result<(), kube::Error> {
+    let patch = json_patch(serde_json::json!([
+        { "op": "add", "path": pointer(), "value": owner }
+    ]))
+    .map_err(invalid)?;
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .patch(service, &PatchParams::default(), &patch)
+        .await?;
+    Ok(())
+}
+
+/// Takes the drain out of Service `namespace/service`, if it is drained: a read, and a
+/// patch only when the key is there (guarded by a `test`, so a Service changed in
+/// between is left as it is). A Service that is gone needs nothing.
+pub async fn restore(client: &Client, namespace: &str, service: &str) -> Result<bool, kube::Error> {
+    let api = Api::<Service>::namespaced(client.clone(), namespace);
+    let Some(svc) = api.get_opt(service).await? else {
+        return Ok(false);
+    };
+    let Some(value) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.get(DRAINED_SELECTOR_KEY))
+    else {
+        return Ok(false);
+    };
+    let patch = json_patch(serde_json::json!([
+        { "op": "test", "path": pointer(), "value": value },
+        { "op": "remove", "path": pointer() }
+    ]))
+    .map_err(invalid)?;
+    api.patch(service, &PatchParams::default(), &patch).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_escaped_as_a_json_pointer() {
+        assert_eq!(pointer(), "/spec/selector/elasti.truefoundry.com~1drained");
+    }
+
+    #[test]
+    fn a_service_is_drained_by_the_key_alone() {
+        let svc = |sel: serde_json::Value| -> Service {
+            serde_json::from_value(serde_json::json!({"spec": {"selector": sel}}))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(!is_drained(&svc(serde_json::json!({"app": "web"}))));
+        assert!(has_selector(&svc(serde_json::json!({"app": "web"}))));
+        assert!(is_drained(&svc(
+            serde_json::json!({"app": "web", DRAINED_SELECTOR_KEY: "web"})
+        )));
+        assert!(!has_selector(&svc(serde_json::json!({}))));
+        assert!(!has_selector(&Service::default()));
+    }
+}
