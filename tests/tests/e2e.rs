@@ -5,6 +5,7 @@
 //! cluster state, and lands in the table `cargo xtask e2e` prints. Scenarios 20–25 need
 //! several nodes.
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -966,6 +967,28 @@ fn clients_on(ns: &str, nodes: &[String]) -> anyhow::Result<Vec<String>> {
 
 /// `http-get --repeat` from `pod`: one request every `every_ms`; the lines it printed, one
 /// per request (`<i> HTTP/1.1 200 OK` or `<i> error: …`), whatever its exit code.
+/// The `i`-th (round robin) Ready `address:port` of Service `service`'s EndpointSlices
+/// (its port `http`), as an ingress controller would pick one.
+fn ready_endpoint(ns: &str, service: &str, i: usize) -> anyhow::Result<String> {
+    let out = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "endpointslices",
+        "-l",
+        &format!("kubernetes.io/service-name={service}"),
+        "-o",
+        "json",
+    ])?;
+    // kubectl prints a `v1` List, whatever the items' kind.
+    let mut list: serde_json::Value = serde_json::from_str(&out)?;
+    let slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        serde_json::from_value(list["items"].take())?;
+    let all = elasti_api::endpoints::ready_endpoints(&slices, "http");
+    anyhow::ensure!(!all.is_empty(), "no Ready endpoint");
+    Ok(all[i % all.len()].to_string())
+}
+
 fn stream_from_pod(
     ns: &str,
     pod: &str,
@@ -1802,7 +1825,7 @@ fn scenario_32_external_traffic_policy_local_at_zero_wakes_from_every_node() {
 fn scenario_33_a_scale_down_under_a_request_stream_refuses_no_pod_request() {
     scenario(
         33,
-        "scale-down under streams by ClusterIP, DNS and NodePort from every node, target exits at once on SIGTERM: every request answered",
+        "scale-down under streams by ClusterIP, DNS, NodePort from every node and by endpoints (ingress-style), target exits at once on SIGTERM: every request answered",
         || {
             let (_prom, url) = prometheus_here(0.0);
             let ns_owned = setup("e2e-s33", &[&App::http("web")])?;
@@ -1860,11 +1883,36 @@ fn scenario_33_a_scale_down_under_a_request_stream_refuses_no_pod_request() {
                     }),
                 ));
             }
+            // Ingress-style: a client that routes by the Service's EndpointSlices (as
+            // ingress controllers do), not by its ClusterIP, reading them before each
+            // request and dialing one Ready endpoint (a pod, or an agent of the fallback
+            // slices) from this node, outside the intercepted cgroups.
+            {
+                let ns = ns.to_string();
+                streams.push((
+                    "endpoints (ingress-style)".to_string(),
+                    std::thread::spawn(move || {
+                        (0..60)
+                            .map(|i| {
+                                let r = ready_endpoint(&ns, "web", i).and_then(|to| {
+                                    get_from_netns(&to, "/", Duration::from_secs(60))
+                                        .map(|r| format!("{to} {}", r.lines().next().unwrap_or("")))
+                                });
+                                std::thread::sleep(Duration::from_millis(500));
+                                match r {
+                                    Ok(r) => format!("{i} {r}"),
+                                    Err(e) => format!("{i} error: {e:#}"),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    }),
+                ));
+            }
             // Issue 14 item 8: not one request may fail on any path. Pod clients (ClusterIP,
             // DNS) are steered by the agents before the pods go; NodePort goes through
             // kube-proxy, which sends it to a pod until its next sync after the pod left the
-            // Service's endpoints, so the pods leave them (the drain) before `/scale` goes to
-            // 0.
+            // Service's endpoints, and an ingress-style client goes by the endpoints, so the
+            // pods leave them (the drain) before `/scale` goes to 0.
             let mut failed = Vec::new();
             let (mut total, mut node_port_total) = (0, 0);
             for (what, s) in streams {
@@ -1872,6 +1920,13 @@ fn scenario_33_a_scale_down_under_a_request_stream_refuses_no_pod_request() {
                 total += lines.len();
                 if what.starts_with("NodePort") {
                     node_port_total += lines.len();
+                }
+                if what.starts_with("endpoints") {
+                    let to: BTreeSet<&str> = lines
+                        .iter()
+                        .filter_map(|l| l.split_whitespace().nth(1))
+                        .collect();
+                    eprintln!("ingress-style requests went to {to:?}");
                 }
                 let bad: Vec<&String> = lines
                     .iter()
