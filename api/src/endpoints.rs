@@ -12,7 +12,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// pod carries it, so the EndpointSlice controller takes every pod out of the Service's
 /// slices, and kube-proxy and ingress controllers send new connections only to the
 /// fallback slices' agents before any pod gets SIGTERM. It is taken out again at the
-/// scale-up (its value is the ElastiService's name).
+/// scale-up (its value is the ElastiService's UID).
 pub const DRAINED_SELECTOR_KEY: &str = "elasti.truefoundry.com/drained";
 
 /// Whether `slice` lists pods of Service `namespace/service` (the operator's fallback

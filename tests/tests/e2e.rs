@@ -965,8 +965,6 @@ fn clients_on(ns: &str, nodes: &[String]) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-/// `http-get --repeat` from `pod`: one request every `every_ms`; the lines it printed, one
-/// per request (`<i> HTTP/1.1 200 OK` or `<i> error: …`), whatever its exit code.
 /// The `i`-th (round robin) Ready `address:port` of Service `service`'s EndpointSlices
 /// (its port `http`), as an ingress controller would pick one.
 fn ready_endpoint(ns: &str, service: &str, i: usize) -> anyhow::Result<String> {
@@ -989,6 +987,8 @@ fn ready_endpoint(ns: &str, service: &str, i: usize) -> anyhow::Result<String> {
     Ok(all[i % all.len()].to_string())
 }
 
+/// `http-get --repeat` from `pod`: one request every `every_ms`; the lines it printed, one
+/// per request (`<i> HTTP/1.1 200 OK` or `<i> error: …`), whatever its exit code.
 fn stream_from_pod(
     ns: &str,
     pod: &str,

@@ -8,7 +8,10 @@
 //! why in the `Ready` condition and in an event, with its whole cause chain.
 use std::time::Duration;
 
-use elasti_api::{ElastiService, conditions::READY};
+use elasti_api::{
+    ElastiService,
+    conditions::{DRAINING, READY, SCALE_DOWN_PENDING, SCALED_TO_ZERO},
+};
 use elasti_runtime::DisplayChain;
 use jiff::Timestamp;
 use kube::{
@@ -64,6 +67,26 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
                 ctx.scaler
                     .event(es, EventType::Warning, reason, msg.clone())
                     .await;
+                if matches!(scale, Scale::Down) {
+                    // The pods still run: the agents must go on forwarding to them (they
+                    // stop on `ScalingDown`), and the retry finds the drain where it was.
+                    for (type_, ok, why) in [
+                        (SCALE_DOWN_PENDING, true, DRAINING),
+                        (SCALED_TO_ZERO, false, reason),
+                    ] {
+                        status::set_condition(
+                            &mut conditions,
+                            status::condition(
+                                type_,
+                                ok,
+                                why,
+                                msg.clone(),
+                                es.metadata.generation,
+                                now,
+                            ),
+                        );
+                    }
+                }
                 status::set_condition(
                     &mut conditions,
                     status::condition(READY, false, reason, msg, es.metadata.generation, now),
@@ -97,8 +120,9 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
     if drain_now != Drain::Keep {
         ctx.fence.check()?;
     }
+    let owner = es.metadata.uid.as_deref().unwrap_or("true");
     let drained = match drain_now {
-        Drain::Drain => Some(drain::drain(&ctx.client, &ns, &es.spec.service, &name).await),
+        Drain::Drain => Some(drain::drain(&ctx.client, &ns, &es.spec.service, owner).await),
         Drain::Restore => Some(
             drain::restore(&ctx.client, &ns, &es.spec.service)
                 .await
@@ -108,7 +132,7 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
     };
     if let Some(Err(e)) = drained {
         tracing::warn!(error = %DisplayChain(&e), drain = ?drain_now, "draining the Service failed");
-        failed.push(super::api_err("draining the Service")(e));
+        failed.push(e.into());
     }
 
     let slices = match plan.slices {

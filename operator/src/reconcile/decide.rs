@@ -536,7 +536,12 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
                     let waited = elapsed(since, o.now);
                     let intercepted = draining || o.not_intercepting.is_empty();
                     if intercepted || waited >= o.intercept_timeout {
-                        let mut why = "every Ready agent intercepts".to_string();
+                        // Once draining, the condition's message says how it began (the
+                        // intercept timeout, if that is what ended the wait).
+                        let mut why = match pending {
+                            Some(c) if draining => c.message.clone(),
+                            _ => "every Ready agent intercepts".to_string(),
+                        };
                         if !intercepted {
                             intercept_timed_out = true;
                             why = format!(
@@ -553,12 +558,7 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
                         match drain_step(o) {
                             DrainStep::Start => {
                                 drain = Drain::Drain;
-                                b.set(
-                                    SCALE_DOWN_PENDING,
-                                    true,
-                                    DRAINING,
-                                    format!("{why}; the pods leave the Service's endpoints"),
-                                );
+                                b.set(SCALE_DOWN_PENDING, true, DRAINING, why);
                                 requeue = requeue.min(o.drain_delay + RECHECK_MARGIN);
                             }
                             DrainStep::Wait(left) => {
@@ -568,12 +568,7 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
                             DrainStep::Done => {
                                 drain = Drain::Keep;
                                 scale = Some(Scale::Down);
-                                let reason = if intercept_timed_out {
-                                    "InterceptTimeout"
-                                } else {
-                                    "ScalingDown"
-                                };
-                                b.set(SCALE_DOWN_PENDING, true, reason, why);
+                                b.set(SCALE_DOWN_PENDING, true, "ScalingDown", why);
                             }
                         }
                     } else {
@@ -695,17 +690,16 @@ enum DrainStep {
 }
 
 fn drain_step(o: &Observed) -> DrainStep {
-    match (o.selector, o.pods_listed, o.drained_for) {
-        (SelectorSeen::None, _, _) => DrainStep::Done,
-        (SelectorSeen::Selects, _, _) => DrainStep::Start,
+    let drained_for = o.drained_for.unwrap_or(Duration::ZERO);
+    match (o.selector, o.pods_listed) {
+        (SelectorSeen::None, _) => DrainStep::Done,
+        (SelectorSeen::Selects, _) => DrainStep::Start,
         // The EndpointSlice controller has not caught up; its update requeues at once.
-        (SelectorSeen::Drained, true, _) | (SelectorSeen::Drained, false, None) => {
-            DrainStep::Wait(o.drain_delay)
+        (SelectorSeen::Drained, true) => DrainStep::Wait(o.drain_delay),
+        (SelectorSeen::Drained, false) if drained_for < o.drain_delay => {
+            DrainStep::Wait(o.drain_delay - drained_for)
         }
-        (SelectorSeen::Drained, false, Some(d)) if d < o.drain_delay => {
-            DrainStep::Wait(o.drain_delay - d)
-        }
-        (SelectorSeen::Drained, false, Some(_)) => DrainStep::Done,
+        (SelectorSeen::Drained, false) => DrainStep::Done,
     }
 }
 

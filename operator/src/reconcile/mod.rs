@@ -17,7 +17,7 @@ pub mod fallback;
 pub mod observe;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -76,6 +76,9 @@ pub enum Error {
     /// Scaling the target failed.
     #[error(transparent)]
     Scale(#[from] scale::Error),
+    /// Draining the Service, or taking the drain out, failed.
+    #[error(transparent)]
+    Drain(#[from] scale::drain::Error),
     /// Adding or removing the finalizer failed.
     #[error("finalizer")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -96,6 +99,7 @@ impl Error {
         match self {
             Self::Api { .. } => "api",
             Self::Scale(_) => "scale",
+            Self::Drain(_) => "drain",
             Self::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
@@ -165,7 +169,7 @@ pub struct Context {
     pub fence: Fence,
     /// Since when each drained Service (namespace, name) has listed no pod, as this
     /// replica saw it (a new leader starts the wait again: longer, never shorter).
-    pub drained_since: Mutex<std::collections::HashMap<(String, String), Instant>>,
+    pub drained_since: Mutex<HashMap<(String, String), Instant>>,
 }
 
 impl Context {
@@ -410,12 +414,24 @@ async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return Err(e.into()),
     }
     ctx.fence.check()?;
-    // A Service deleted mid-drain (its target still up) selects its pods again.
-    if let Err(e) = scale::drain::restore(&ctx.client, &ns, &es.spec.service).await {
-        if !give_up {
-            return Err(api_err("taking the drain out of the Service")(e));
+    // An ElastiService deleted mid-drain (its target still up) leaves its Service
+    // selecting its pods again; one in conflict never drained it and leaves it alone.
+    let managing = !es.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == elasti_api::conditions::CONFLICT && c.status == "True")
+    });
+    if managing {
+        if let Err(e) = scale::drain::restore(&ctx.client, &ns, &es.spec.service).await {
+            if !give_up {
+                return Err(e.into());
+            }
+            tracing::warn!(namespace = %ns, elastiservice = %name, error = %DisplayChain(&e), "the Service's drain left in");
         }
-        tracing::warn!(namespace = %ns, elastiservice = %name, error = %DisplayChain(&e), "the Service's drain left in");
+        ctx.drained_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(ns.clone(), es.spec.service.clone()));
     }
     if let Err(e) = fallback::sync(&ctx.client, &ns, &es.spec.service, Vec::new()).await {
         if !give_up {

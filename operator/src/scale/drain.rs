@@ -8,7 +8,8 @@
 //!
 //! Both are JSON patches of that one key: the rest of the selector (the tenant's) is
 //! never written, and a Service without a selector (its endpoints are its owner's) is
-//! never drained.
+//! never drained. The key's value is the ElastiService's UID: a valid label value
+//! whatever the length of its name, and it says who drained the Service.
 use elasti_api::endpoints::DRAINED_SELECTOR_KEY;
 use k8s_openapi::api::core::v1::Service;
 use kube::{
@@ -40,39 +41,73 @@ pub fn has_selector(svc: &Service) -> bool {
         .is_some_and(|s| !s.is_empty())
 }
 
-fn json_patch(ops: serde_json::Value) -> Result<Patch<()>, serde_json::Error> {
-    Ok(Patch::Json(serde_json::from_value(ops)?))
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The JSON patch could not be built.
+    #[error("building the JSON patch of Service {service}")]
+    Patch {
+        service: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Reading or patching the Service failed.
+    #[error("{what} Service {service}")]
+    Api {
+        what: &'static str,
+        service: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
-fn invalid(e: serde_json::Error) -> kube::Error {
-    kube::Error::SerdeError(e)
+fn json_patch(service: &str, ops: serde_json::Value) -> Result<Patch<()>, Error> {
+    serde_json::from_value(ops)
+        .map(Patch::Json)
+        .map_err(|source| Error::Patch {
+            service: service.into(),
+            source,
+        })
 }
 
-/// Drains Service `namespace/service` for the ElastiService `owner`. An `add` under a
-/// selector that is gone fails by itself, so a Service that lost its selector since it was
-/// read is not given one.
+fn api(what: &'static str, service: &str) -> impl FnOnce(kube::Error) -> Error {
+    let service = service.to_string();
+    move |source| Error::Api {
+        what,
+        service,
+        source,
+    }
+}
+
+/// Drains Service `namespace/service` for the ElastiService whose UID is `owner`. An
+/// `add` under a selector that is gone fails by itself, so a Service that lost its
+/// selector since it was read is not given one.
 pub async fn drain(
     client: &Client,
     namespace: &str,
     service: &str,
     owner: &str,
-) -> Result<(), kube::Error> {
-    let patch = json_patch(serde_json::json!([
-        { "op": "add", "path": pointer(), "value": owner }
-    ]))
-    .map_err(invalid)?;
+) -> Result<(), Error> {
+    let patch = json_patch(
+        service,
+        serde_json::json!([{ "op": "add", "path": pointer(), "value": owner }]),
+    )?;
     Api::<Service>::namespaced(client.clone(), namespace)
         .patch(service, &PatchParams::default(), &patch)
-        .await?;
+        .await
+        .map_err(api("draining", service))?;
     Ok(())
 }
 
 /// Takes the drain out of Service `namespace/service`, if it is drained: a read, and a
 /// patch only when the key is there (guarded by a `test`, so a Service changed in
 /// between is left as it is). A Service that is gone needs nothing.
-pub async fn restore(client: &Client, namespace: &str, service: &str) -> Result<bool, kube::Error> {
-    let api = Api::<Service>::namespaced(client.clone(), namespace);
-    let Some(svc) = api.get_opt(service).await? else {
+pub async fn restore(client: &Client, namespace: &str, service: &str) -> Result<bool, Error> {
+    let services = Api::<Service>::namespaced(client.clone(), namespace);
+    let Some(svc) = services
+        .get_opt(service)
+        .await
+        .map_err(api("reading", service))?
+    else {
         return Ok(false);
     };
     let Some(value) = svc
@@ -83,12 +118,17 @@ pub async fn restore(client: &Client, namespace: &str, service: &str) -> Result<
     else {
         return Ok(false);
     };
-    let patch = json_patch(serde_json::json!([
-        { "op": "test", "path": pointer(), "value": value },
-        { "op": "remove", "path": pointer() }
-    ]))
-    .map_err(invalid)?;
-    api.patch(service, &PatchParams::default(), &patch).await?;
+    let patch = json_patch(
+        service,
+        serde_json::json!([
+            { "op": "test", "path": pointer(), "value": value },
+            { "op": "remove", "path": pointer() }
+        ]),
+    )?;
+    services
+        .patch(service, &PatchParams::default(), &patch)
+        .await
+        .map_err(api("taking the drain out of", service))?;
     Ok(true)
 }
 

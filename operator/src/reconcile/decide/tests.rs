@@ -207,6 +207,31 @@ fn once_every_ready_agent_intercepts_the_service_is_drained_and_then_goes_to_zer
 }
 
 #[test]
+fn a_drain_begun_by_the_intercept_timeout_says_so_until_the_scale_down() {
+    let late = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 994);
+    let plan = decide(&late, &seen());
+    let draining = cond(&plan, SCALE_DOWN_PENDING).cloned();
+    let message = draining
+        .as_ref()
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("did not report"), "{message}");
+    let mut es = serving();
+    if let Some(c) = draining {
+        status::set_condition(
+            &mut es.status.get_or_insert_with(Default::default).conditions,
+            c,
+        );
+    }
+    // The agent has reported since: the timeout is still what the condition says.
+    let plan = decide(&es, &drained(seen(), 2.0));
+    assert!(matches!(plan.scale, Some(Scale::Down)));
+    assert!(!plan.intercept_timed_out, "counted once, when it happened");
+    let done = cond(&plan, SCALE_DOWN_PENDING).map(|c| c.message.clone());
+    assert_eq!(done, Some(message));
+}
+
+#[test]
 fn a_service_without_a_selector_is_not_drained() {
     let es = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 999);
     let mut o = seen();
