@@ -312,7 +312,7 @@ pub async fn run_until(
             },
             leader: leader_state.clone(),
             fence: Fence::new(leading_rx.clone()),
-            drained_since: Mutex::default(),
+            drain_clock: Default::default(),
         });
         let (mut lost, mut stop) = (leading_rx.clone(), stop_rx.clone());
         let until = async move {

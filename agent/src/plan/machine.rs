@@ -1067,8 +1067,8 @@ mod tests {
         assert_eq!(kinds(&d), ["feed", "wake"]);
     }
 
-    fn draining(mut p: HeldPort) -> HeldPort {
-        p.scale_down_pending = true;
+    fn draining(p: HeldPort) -> HeldPort {
+        let mut p = pending(p);
         p.draining = true;
         p
     }

@@ -8,10 +8,7 @@
 //! why in the `Ready` condition and in an event, with its whole cause chain.
 use std::time::Duration;
 
-use elasti_api::{
-    ElastiService,
-    conditions::{DRAINING, READY, SCALE_DOWN_PENDING, SCALED_TO_ZERO},
-};
+use elasti_api::ElastiService;
 use elasti_runtime::DisplayChain;
 use jiff::Timestamp;
 use kube::{
@@ -21,10 +18,10 @@ use kube::{
 
 use super::{
     Context, Error,
-    decide::{Drain, Plan, Scale, Slices},
+    decide::{self, Drain, Plan, Scale, Slices},
     fallback,
 };
-use crate::{scale::drain, status};
+use crate::scale::drain;
 
 /// Carries out `plan` for `es`.
 ///
@@ -59,38 +56,13 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
                 }
             }
             Err(e) => {
-                let (reason, verb) = match scale {
-                    Scale::Up { .. } => ("ScaleUpFailed", "scaling up"),
-                    Scale::Down => ("ScaleDownFailed", "scaling down"),
+                let verb = match scale {
+                    Scale::Up { .. } => "scaling up",
+                    Scale::Down => "scaling down",
                 };
                 let msg = format!("{verb} failed: {}", DisplayChain(&e));
-                ctx.scaler
-                    .event(es, EventType::Warning, reason, msg.clone())
-                    .await;
-                if matches!(scale, Scale::Down) {
-                    // The pods still run: the agents must go on forwarding to them (they
-                    // stop on `ScalingDown`), and the retry finds the drain where it was.
-                    for (type_, ok, why) in [
-                        (SCALE_DOWN_PENDING, true, DRAINING),
-                        (SCALED_TO_ZERO, false, reason),
-                    ] {
-                        status::set_condition(
-                            &mut conditions,
-                            status::condition(
-                                type_,
-                                ok,
-                                why,
-                                msg.clone(),
-                                es.metadata.generation,
-                                now,
-                            ),
-                        );
-                    }
-                }
-                status::set_condition(
-                    &mut conditions,
-                    status::condition(READY, false, reason, msg, es.metadata.generation, now),
-                );
+                let reason = decide::scale_failed(es, &mut conditions, &scale, &msg, now);
+                ctx.scaler.event(es, EventType::Warning, reason, msg).await;
                 failed.push(e.into());
             }
         }

@@ -60,7 +60,7 @@ pub enum ServiceSeen {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SelectorSeen {
     /// No selector: its endpoints are its owner's, and it is never drained.
-    None,
+    Absent,
     /// It selects the target's pods.
     Selects,
     /// It carries `elasti_api::endpoints::DRAINED_SELECTOR_KEY`: no pod is listed.
@@ -521,9 +521,10 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
     match verdict {
         Verdict::ScaleDown => {
             publish = true;
+            // Only the drain's first step writes the selector.
+            drain = Drain::Keep;
             match pending_since {
                 None => {
-                    drain = Drain::Keep;
                     b.set(
                         SCALE_DOWN_PENDING,
                         true,
@@ -562,17 +563,14 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
                                 requeue = requeue.min(o.drain_delay + RECHECK_MARGIN);
                             }
                             DrainStep::Wait(left) => {
-                                drain = Drain::Keep;
                                 requeue = requeue.min(left + RECHECK_MARGIN);
                             }
                             DrainStep::Done => {
-                                drain = Drain::Keep;
                                 scale = Some(Scale::Down);
                                 b.set(SCALE_DOWN_PENDING, true, "ScalingDown", why);
                             }
                         }
                     } else {
-                        drain = Drain::Keep;
                         requeue = requeue.min(o.intercept_timeout - waited + RECHECK_MARGIN);
                     }
                 }
@@ -678,6 +676,35 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
     }
 }
 
+/// The conditions once `scale` failed with `msg`: `Ready` False with the reason. A failed
+/// scale-down is back to `Draining`: the pods still run, so the agents must go on
+/// forwarding to them (they stop on `ScalingDown`), and the retry finds the drain where
+/// it was. Pure.
+pub fn scale_failed(
+    es: &ElastiService,
+    conditions: &mut Vec<Condition>,
+    scale: &Scale,
+    msg: &str,
+    now: Timestamp,
+) -> &'static str {
+    let reason = match scale {
+        Scale::Up { .. } => "ScaleUpFailed",
+        Scale::Down => "ScaleDownFailed",
+    };
+    let mut set = |type_, ok, why| {
+        status::set_condition(
+            conditions,
+            status::condition(type_, ok, why, msg, es.metadata.generation, now),
+        );
+    };
+    if matches!(scale, Scale::Down) {
+        set(SCALE_DOWN_PENDING, true, DRAINING);
+        set(SCALED_TO_ZERO, false, reason);
+    }
+    set(READY, false, reason);
+    reason
+}
+
 /// Where the drain of a scale-down stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DrainStep {
@@ -692,7 +719,7 @@ enum DrainStep {
 fn drain_step(o: &Observed) -> DrainStep {
     let drained_for = o.drained_for.unwrap_or(Duration::ZERO);
     match (o.selector, o.pods_listed) {
-        (SelectorSeen::None, _) => DrainStep::Done,
+        (SelectorSeen::Absent, _) => DrainStep::Done,
         (SelectorSeen::Selects, _) => DrainStep::Start,
         // The EndpointSlice controller has not caught up; its update requeues at once.
         (SelectorSeen::Drained, true) => DrainStep::Wait(o.drain_delay),

@@ -17,7 +17,7 @@ pub mod fallback;
 pub mod observe;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -167,9 +167,7 @@ pub struct Context {
     pub agents: AgentsView,
     pub leader: Leader,
     pub fence: Fence,
-    /// Since when each drained Service (namespace, name) has listed no pod, as this
-    /// replica saw it (a new leader starts the wait again: longer, never shorter).
-    pub drained_since: Mutex<HashMap<(String, String), Instant>>,
+    pub drain_clock: scale::drain::Clock,
 }
 
 impl Context {
@@ -428,10 +426,8 @@ async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
             }
             tracing::warn!(namespace = %ns, elastiservice = %name, error = %DisplayChain(&e), "the Service's drain left in");
         }
-        ctx.drained_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(ns.clone(), es.spec.service.clone()));
+        ctx.drain_clock
+            .drained_for((ns.clone(), es.spec.service.clone()), false);
     }
     if let Err(e) = fallback::sync(&ctx.client, &ns, &es.spec.service, Vec::new()).await {
         if !give_up {

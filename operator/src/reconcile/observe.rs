@@ -202,21 +202,12 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
     let selector = match &svc {
         Some(s) if drain::is_drained(s) => SelectorSeen::Drained,
         Some(s) if drain::has_selector(s) => SelectorSeen::Selects,
-        _ => SelectorSeen::None,
+        _ => SelectorSeen::Absent,
     };
-    let drained_for = {
-        let key = (ns.clone(), es.spec.service.clone());
-        let mut since = ctx
-            .drained_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if selector == SelectorSeen::Drained && !pods_listed {
-            Some(since.entry(key).or_insert_with(Instant::now).elapsed())
-        } else {
-            since.remove(&key);
-            None
-        }
-    };
+    let drained_for = ctx.drain_clock.drained_for(
+        (ns.clone(), es.spec.service.clone()),
+        selector == SelectorSeen::Drained && !pods_listed,
+    );
 
     let agents = ctx.agents.ready();
     let ready_nodes = agents::nodes(&agents);

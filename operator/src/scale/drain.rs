@@ -10,12 +10,37 @@
 //! never written, and a Service without a selector (its endpoints are its owner's) is
 //! never drained. The key's value is the ElastiService's UID: a valid label value
 //! whatever the length of its name, and it says who drained the Service.
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
 use elasti_api::endpoints::DRAINED_SELECTOR_KEY;
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
+
+/// Since when each drained Service (namespace, name) has listed no pod, as this replica
+/// saw it. A new leader starts with none, so its wait starts again: longer, never shorter.
+#[derive(Debug, Default)]
+pub struct Clock(Mutex<HashMap<(String, String), Instant>>);
+
+impl Clock {
+    /// How long `service` has been drained with no pod listed (`empty`), or `None` (and
+    /// forgotten) when it is not.
+    pub fn drained_for(&self, service: (String, String), empty: bool) -> Option<Duration> {
+        let mut since = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if empty {
+            Some(since.entry(service).or_insert_with(Instant::now).elapsed())
+        } else {
+            since.remove(&service);
+            None
+        }
+    }
+}
 
 /// The selector key as a JSON pointer (RFC 6901: `/` is written `~1`).
 fn pointer() -> String {

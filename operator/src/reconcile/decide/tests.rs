@@ -231,12 +231,42 @@ fn a_drain_begun_by_the_intercept_timeout_says_so_until_the_scale_down() {
     assert_eq!(done, Some(message));
 }
 
+/// A `/scale` to 0 that failed leaves the pods running: the agents must not read
+/// `ScalingDown` (they would stop forwarding to them), and `Ready` says why.
+#[test]
+fn a_failed_scale_down_is_back_to_draining() {
+    let es = serving().with_condition(SCALE_DOWN_PENDING, true, DRAINING, 990);
+    let mut plan = decide(&es, &drained(seen(), 2.0));
+    assert!(matches!(plan.scale, Some(Scale::Down)));
+    let msg = "scaling down failed: denied";
+    let reason = scale_failed(&es, &mut plan.conditions, &Scale::Down, msg, at(1000));
+    assert_eq!(reason, "ScaleDownFailed");
+    assert_eq!(
+        state(&plan, SCALE_DOWN_PENDING),
+        ("True".into(), DRAINING.into())
+    );
+    assert_eq!(
+        cond(&plan, SCALE_DOWN_PENDING).map(|c| c.last_transition_time.0),
+        Some(at(990)),
+        "still pending since it began"
+    );
+    assert_eq!(
+        state(&plan, SCALED_TO_ZERO),
+        ("False".into(), "ScaleDownFailed".into())
+    );
+    assert_eq!(
+        state(&plan, READY),
+        ("False".into(), "ScaleDownFailed".into())
+    );
+    assert_eq!(cond(&plan, READY).map(|c| c.message.as_str()), Some(msg));
+}
+
 #[test]
 fn a_service_without_a_selector_is_not_drained() {
     let es = serving().with_condition(SCALE_DOWN_PENDING, true, "Intercepting", 999);
     let mut o = seen();
     o.not_intercepting.clear();
-    o.selector = SelectorSeen::None;
+    o.selector = SelectorSeen::Absent;
     let plan = decide(&es, &o);
     assert!(matches!(plan.scale, Some(Scale::Down)));
     assert_eq!(plan.drain, Drain::Keep);
