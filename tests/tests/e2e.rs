@@ -475,8 +475,21 @@ fn scenario_07_a_real_prometheus_query_scales_to_zero_after_the_cooldown() {
                 "not while the traffic flowed: {took:?}"
             );
             eprintln!("created to scaled-to-zero: {took:?} (cooldown 15 s)");
-            let status = condition(ns, "web", "ScaledToZero").map(|c| c.status);
-            ensure!(status.as_deref() == Some("True"), "condition: {status:?}");
+            // The status is written right after the `/scale` patch (and its event), so a
+            // poll can see the replicas at 0 a moment before the condition.
+            wait_until(
+                "ScaledToZero True after the scale-down",
+                Duration::from_secs(10),
+                || {
+                    condition(ns, "web", "ScaledToZero")
+                        .filter(|c| c.status == "True")
+                        .map(drop)
+                },
+            )
+            .map_err(|e| {
+                let c = condition(ns, "web", "ScaledToZero");
+                anyhow::anyhow!("{e}; condition: {c:?}")
+            })?;
             Ok(())
         },
     );
