@@ -177,15 +177,26 @@ pub async fn run_until(
 
     let client = Client::try_default().await.map_err(Error::Client)?;
     // Every object stripped to what the agent reads (`crate::watches`): no `managedFields`.
+    // Services and slices: only the managed ones (`watches::MANAGED`), so the stores and
+    // the work per event grow with the managed services, not with the cluster.
     let (es_store, es_events) = reflect_stripped::<ElastiService>(
         &client,
         args.common.namespaces(),
+        None,
         watches::strip_elastiservice,
     );
-    let (svc_store, svc_events) =
-        reflect_stripped::<Service>(&client, None, watches::strip_service);
-    let (eps_store, eps_events) =
-        reflect_stripped::<EndpointSlice>(&client, None, watches::strip_slice);
+    let (svc_store, svc_events) = reflect_stripped::<Service>(
+        &client,
+        None,
+        Some(watches::MANAGED),
+        watches::strip_service,
+    );
+    let (eps_store, eps_events) = reflect_stripped::<EndpointSlice>(
+        &client,
+        None,
+        Some(watches::MANAGED),
+        watches::strip_slice,
+    );
     // Each watch runs on its own task, pokes the loop on every change and reports its
     // health.
     let changed = Arc::new(Notify::new());
@@ -577,6 +588,11 @@ impl Io {
                 if let Some(a) = self.active(&service, plan.as_ref()) {
                     if let Some(p) = plan {
                         a.plan = p;
+                    }
+                    // The moment a cold service's held connections go to its pods (the
+                    // bench dates the release by this line).
+                    if a.endpoints.borrow().is_empty() && !endpoints.is_empty() {
+                        tracing::info!(%service, endpoints = endpoints.len(), held = a.service.held(), "endpoints Ready: what is held goes to the pods");
                     }
                     a.endpoints.send_replace(endpoints);
                 }

@@ -1,14 +1,19 @@
-//! What the agent keeps of what it watches, so its stores hold only what it reads:
+//! What the agent watches, and keeps of it, so its stores hold only what it reads:
 //!
 //! - ElastiServices in the watched namespaces, without `managedFields`;
-//! - Services, stripped to their ClusterIPs and ports;
-//! - EndpointSlices, stripped to the labels that tie them to a Service, ports, addresses
-//!   and conditions.
+//! - the managed Services ([`MANAGED`]), stripped to their ClusterIPs and ports;
+//! - their EndpointSlices ([`MANAGED`] too: the EndpointSlice controller copies the
+//!   Service's labels onto them), stripped to the labels that tie them to a Service,
+//!   ports, addresses and conditions.
 //!
-//! The `strip_*` functions are pure; [`crate::run`] hands them to the reflectors of
-//! `elasti_runtime`. (Watching only the managed services' objects is not done yet: the
-//! stores still grow with the cluster, by far less per object.)
-use elasti_api::{ElastiService, endpoints::SERVICE_NAME_LABEL, fallback::MANAGED_BY_LABEL};
+//! The apiserver filters by the label, so a cluster's other Services and slices are never
+//! sent to the agents. The `strip_*` functions are pure; [`crate::run`] hands them to the
+//! reflectors of `elasti_runtime`.
+use elasti_api::{
+    ElastiService,
+    endpoints::{MANAGED_LABEL, SERVICE_NAME_LABEL},
+    fallback::MANAGED_BY_LABEL,
+};
 use k8s_openapi::{
     api::{
         core::v1::{Service, ServicePort, ServiceSpec},
@@ -16,6 +21,10 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
+
+/// The label selector of the Service and EndpointSlice watches: objects the operator
+/// labelled as managed (`operator/src/reconcile/label.rs`), whatever the ElastiService.
+pub const MANAGED: &str = MANAGED_LABEL;
 
 /// Only what identifies an object (name, namespace, uid, resourceVersion): no
 /// `managedFields`, annotations or owner references.

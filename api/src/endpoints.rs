@@ -14,6 +14,12 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// fallback slices' agents before any pod gets SIGTERM. It is taken out again at the
 /// scale-up (its value is the ElastiService's UID).
 pub const DRAINED_SELECTOR_KEY: &str = "elasti.truefoundry.com/drained";
+/// The label the operator puts on every Service an ElastiService manages; its value is the
+/// ElastiService's UID. The EndpointSlice controller copies a Service's labels onto the
+/// slices it writes (the operator labels a selectorless Service's slices itself), so the
+/// agents watch only the Services and slices that carry it: their memory and work grow
+/// with the managed services, not with the cluster.
+pub const MANAGED_LABEL: &str = "elasti.truefoundry.com/elastiservice";
 
 /// Whether `slice` lists pods of Service `namespace/service` (the operator's fallback
 /// slice, whose endpoints are the agents themselves, does not).

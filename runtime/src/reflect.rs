@@ -31,13 +31,16 @@ where
         + Sync
         + 'static,
 {
-    reflect_stripped(client, namespaces, |k| k)
+    reflect_stripped(client, namespaces, None, |k| k)
 }
 
-/// [`reflect`], each object passed through `strip` before it is stored.
+/// [`reflect`] of the objects matching the label selector `labels` (all if `None`), each
+/// passed through `strip` before it is stored. The selector is the apiserver's: objects
+/// outside it are never sent, and one that stops matching is seen as deleted.
 pub fn reflect_stripped<K>(
     client: &Client,
     namespaces: Option<Vec<String>>,
+    labels: Option<&str>,
     strip: fn(K) -> K,
 ) -> (Store<K>, Events)
 where
@@ -54,7 +57,11 @@ where
         None => true,
         Some(ns) => obj.namespace().is_some_and(|n| ns.contains(&n)),
     };
-    let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    let config = match labels {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
+    let events = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .map(move |ev| {
             ev.map(|ev| match ev {

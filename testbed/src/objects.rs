@@ -14,6 +14,7 @@ use k8s_openapi::{
             Pod, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
             TCPSocketAction,
         },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
@@ -278,6 +279,53 @@ pub fn elastiservice(name: &str, kind: Kind) -> ElastiService {
             wake_with: Vec::new(),
         },
         status: None,
+    }
+}
+
+/// An EndpointSlice of Service `service` written by hand (as a Service without a selector
+/// has them), managed by `managed_by`, for port `http` 8080: one endpoint per address in
+/// `addresses`, each Ready or not by `ready`.
+pub fn manual_slice(
+    name: &str,
+    service: &str,
+    managed_by: &str,
+    addresses: &[&str],
+    ready: bool,
+) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([
+                (
+                    elasti_api::endpoints::SERVICE_NAME_LABEL.to_string(),
+                    service.to_string(),
+                ),
+                (
+                    elasti_api::fallback::MANAGED_BY_LABEL.to_string(),
+                    managed_by.to_string(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+        endpoints: addresses
+            .iter()
+            .map(|a| Endpoint {
+                addresses: vec![(*a).to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(ready),
+                    serving: Some(ready),
+                    terminating: Some(false),
+                }),
+                ..Default::default()
+            })
+            .collect(),
     }
 }
 

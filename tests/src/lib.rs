@@ -19,7 +19,7 @@ pub use elasti_testbed::{
     elasti,
     kube::{TempNamespace, kube},
     netns,
-    objects::{App, Kind, client_pod, elastiservice, prometheus_trigger},
+    objects::{App, Kind, client_pod, elastiservice, manual_slice, prometheus_trigger},
 };
 use k8s_openapi::{
     api::{

@@ -3,8 +3,9 @@
 //! at a kind node's cgroup, never the machine's root) to the agent, run in-process in that
 //! node's network namespace, held, and answered by the pod that starts when the Deployment
 //! is scaled up — the EndpointSlice watch releases it. The operator is
-//! not part of this suite: the test plays its part (proxy-port allocation in the status,
-//! and the scale-up) and checks that the agent asked for the wake.
+//! not part of this suite: the test plays its part (the managed label on the Service,
+//! proxy-port allocation in the status, and the scale-up) and checks that the agent asked
+//! for the wake.
 use std::{net::TcpStream, time::Duration};
 
 use clap::Parser;
@@ -141,6 +142,16 @@ fn web_at_zero(ns: &str, node: &str, proxy_port: u16) -> anyhow::Result<String> 
     deploy(ns, &web)?;
     deploy_client(ns, "client", Some(node), false)?;
     apply_es(ns, &web.elastiservice())?;
+    // The agent watches only managed Services and their slices (the EndpointSlice
+    // controller copies the Service's label onto them).
+    kubectl(&[
+        "-n",
+        ns,
+        "label",
+        "service",
+        "web",
+        &format!("{}=test", elasti_api::endpoints::MANAGED_LABEL),
+    ])?;
     let status = serde_json::json!({"status": {"mode": "proxy", "proxyPorts": [
         {"name": "http", "port": 80, "protocol": "TCP", "proxyPort": proxy_port}
     ]}});

@@ -1371,3 +1371,137 @@ fn scale_down_patches_scale_only_once_every_agent_intercepts_and_the_service_is_
 
 /// The drain's selector key, by JSONPath.
 const DRAINED: &str = r#"{.spec.selector.elasti\.truefoundry\.com/drained}"#;
+
+/// The managed label of `obj`, if any.
+fn managed_label(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<String> {
+    meta.labels
+        .as_ref()?
+        .get(elasti_api::endpoints::MANAGED_LABEL)
+        .cloned()
+}
+
+/// The managed labels of Service `service`'s EndpointSlices other than elasti's fallback
+/// ones, by slice name.
+fn slice_labels(ns: &str, service: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: Vec<EndpointSlice> = kube()?.list(
+        ns,
+        &format!("{}={service}", elasti_api::endpoints::SERVICE_NAME_LABEL),
+    )?;
+    Ok(slices
+        .iter()
+        .filter(|s| !elasti_api::fallback::is_fallback_slice(s))
+        .map(|s| {
+            (
+                s.metadata.name.clone().unwrap_or_default(),
+                managed_label(&s.metadata),
+            )
+        })
+        .collect())
+}
+
+#[test]
+#[ignore = "needs the kind cluster: run with `cargo xtask test`"]
+fn managed_services_and_their_slices_carry_the_label_agents_watch_until_deleted()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    require_cluster();
+    install_crd()?;
+    let ns_owned = TempNamespace::create("op-label")?;
+    let ns = ns_owned.name.as_str();
+    deploy(ns, &App::http("web").replicas(0))?;
+    deploy(ns, &App::http("other").replicas(0))?;
+    // A Service without a selector: its slice is written by someone else (here, the test).
+    let mut manual = App::http("manual").service();
+    if let Some(spec) = manual.spec.as_mut() {
+        spec.selector = None;
+    }
+    kube()?.apply(ns, &manual)?;
+    kube()?.apply(
+        ns,
+        &manual_slice(
+            "manual-1",
+            "manual",
+            "test.elasti",
+            &["10.244.0.250"],
+            false,
+        ),
+    )?;
+    let _op = Scoped {
+        operator: Some(start(ns, &[])),
+        namespaces: vec![ns],
+    };
+    apply_es(ns, &es_for("web"))?;
+    let mut m = es_for("other");
+    m.metadata.name = Some("manual".into());
+    m.spec.service = "manual".into();
+    apply_es(ns, &m)?;
+    let uid = |name: &str| jsonpath(ns, &format!("elastiservice/{name}"), "{.metadata.uid}");
+    let service_label = |name: &str| -> Option<String> {
+        kube()
+            .ok()?
+            .get::<Service>(ns, name)
+            .ok()
+            .and_then(|s| managed_label(&s.metadata))
+    };
+    for (es, svc) in [("web", "web"), ("manual", "manual")] {
+        let want = uid(es);
+        wait_until(
+            &format!("{svc} and its slices labelled"),
+            Duration::from_secs(60),
+            || {
+                let slices = slice_labels(ns, svc).ok()?;
+                (service_label(svc).as_deref() == Some(want.as_str())
+                    && !slices.is_empty()
+                    && slices
+                        .iter()
+                        .all(|(_, l)| l.as_deref() == Some(want.as_str())))
+                .then_some(())
+            },
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: Service {:?}, slices {:?}",
+                service_label(svc),
+                slice_labels(ns, svc)
+            )
+        })?;
+        // Published once the agents can see the Service and its slices.
+        wait_until(
+            &format!("{es} proxy ports"),
+            Duration::from_secs(30),
+            || {
+                (!jsonpath(ns, &format!("elastiservice/{es}"), "{.status.proxyPorts}").is_empty())
+                    .then_some(())
+            },
+        )?;
+    }
+    anyhow::ensure!(
+        service_label("other").is_none(),
+        "a Service no ElastiService names is left alone"
+    );
+
+    // Deleted: the label goes from the Services and from every slice.
+    kubectl(&["-n", ns, "delete", "elastiservice", "web", "manual"])?;
+    for svc in ["web", "manual"] {
+        wait_until(
+            &format!("{svc} and its slices unlabelled"),
+            Duration::from_secs(60),
+            || {
+                let slices = slice_labels(ns, svc).ok()?;
+                (service_label(svc).is_none() && slices.iter().all(|(_, l)| l.is_none()))
+                    .then_some(())
+            },
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: Service {:?}, slices {:?}",
+                service_label(svc),
+                slice_labels(ns, svc)
+            )
+        })?;
+    }
+    Ok(())
+}

@@ -19,7 +19,7 @@ use kube::{
 use super::{
     Context, Error,
     decide::{self, Drain, Plan, Scale, Slices},
-    fallback,
+    fallback, label,
 };
 use crate::scale::drain;
 
@@ -27,7 +27,12 @@ use crate::scale::drain;
 ///
 /// # Errors
 /// The first write that failed (the others were still made), or [`Error::Fenced`].
-pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action, Error> {
+pub async fn act(
+    es: &ElastiService,
+    plan: Plan,
+    took: &super::observe::Took,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let (ns, name) = (es.namespace().unwrap_or_default(), es.name_any());
     let now = Timestamp::now();
     let mut conditions = plan.conditions;
@@ -78,6 +83,7 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
             conditions,
         },
         now,
+        took,
     )
     .await;
     // The agents must have read `Draining` before the pods leave the endpoints: otherwise
@@ -105,6 +111,20 @@ pub async fn act(es: &ElastiService, plan: Plan, ctx: &Context) -> Result<Action
     if let Some(Err(e)) = drained {
         tracing::warn!(error = %DisplayChain(&e), drain = ?drain_now, "draining the Service failed");
         failed.push(e.into());
+    }
+
+    if plan.labels.service || !plan.labels.slices.is_empty() {
+        ctx.fence.check()?;
+        let labelled = async {
+            if plan.labels.service {
+                label::label_service(&ctx.client, &ns, &es.spec.service, owner).await?;
+            }
+            label::label_slices(&ctx.client, &ns, &plan.labels.slices, owner).await
+        };
+        if let Err(e) = labelled.await {
+            tracing::warn!(error = %DisplayChain(&e), "labelling the Service or its slices failed");
+            failed.push(e.into());
+        }
     }
 
     let slices = match plan.slices {

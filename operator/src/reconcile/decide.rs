@@ -67,6 +67,35 @@ pub enum SelectorSeen {
     Drained,
 }
 
+/// The managed label (`elasti_api::endpoints::MANAGED_LABEL`, this ElastiService's UID),
+/// as found. The agents see only what carries it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSeen {
+    /// The Service carries it.
+    pub service: bool,
+    /// Every slice of the Service's pods carries it.
+    pub slices: bool,
+    /// Slices of a Service without a selector that lack it: the operator labels those
+    /// (the EndpointSlice controller copies the Service's label onto the others).
+    pub unlabelled_slices: Vec<String>,
+}
+
+impl LabelSeen {
+    /// The agents see the Service and all its slices.
+    pub fn complete(&self) -> bool {
+        self.service && self.slices
+    }
+}
+
+/// Which objects to put the managed label on (`super::label`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    /// The Service.
+    pub service: bool,
+    /// These EndpointSlices of a Service without a selector.
+    pub slices: Vec<String>,
+}
+
 /// The target's scale, as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetSeen {
@@ -93,6 +122,8 @@ pub struct Observed {
     pub selector: SelectorSeen,
     /// The Service's own slices list a pod (Ready or not).
     pub pods_listed: bool,
+    /// The managed label on the Service and its slices.
+    pub labels: LabelSeen,
     /// How long the Service has been drained with no pod listed, as this replica saw it.
     pub drained_for: Option<Duration>,
     /// How long a drained Service stays drained before `/scale` goes to 0.
@@ -166,6 +197,7 @@ pub struct Plan {
     pub conditions: Vec<Condition>,
     pub slices: Slices,
     pub drain: Drain,
+    pub labels: Labels,
     pub scale: Option<Scale>,
     pub events: Vec<Note>,
     pub requeue: Duration,
@@ -301,6 +333,7 @@ struct Builder<'a> {
     o: &'a Observed,
     conditions: Vec<Condition>,
     events: Vec<Note>,
+    labels: Labels,
 }
 
 impl Builder<'_> {
@@ -339,18 +372,34 @@ impl Builder<'_> {
         Plan {
             mode: old.mode,
             proxy_ports: match &self.o.ports {
-                Ok(p) if self.o.conflict.is_none() => p.clone(),
+                Ok(p) if self.o.conflict.is_none() => published_ports(self.es, self.o, p),
                 _ => Vec::new(),
             },
             conditions: self.conditions,
             slices,
             drain: Drain::Keep,
+            labels: self.labels,
             scale: None,
             events: self.events,
             requeue: self.o.poll,
             intercept_timed_out: false,
             woken_in: None,
         }
+    }
+}
+
+/// The proxy ports to publish in the status: `ports` once the agents can see the Service
+/// and its slices (they watch only what carries the managed label); until then the ones
+/// already published, so that an agent never holds a Service whose endpoints it cannot
+/// see yet.
+fn published_ports(es: &ElastiService, o: &Observed, ports: &[ProxyPort]) -> Vec<ProxyPort> {
+    if o.labels.complete() {
+        ports.to_vec()
+    } else {
+        es.status
+            .as_ref()
+            .map(|s| s.proxy_ports.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -389,6 +438,7 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
         o,
         conditions: old.conditions.clone(),
         events: Vec::new(),
+        labels: Labels::default(),
     };
     if let Some(other) = &o.conflict {
         b.set(CONFLICT, true, "Conflict", other.clone());
@@ -408,7 +458,12 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
         ServiceSeen::NotSupported(why) => {
             return b.not_ready("ServiceNotSupported", why.clone(), Slices::Remove);
         }
-        ServiceSeen::Found => {}
+        ServiceSeen::Found => {
+            b.labels = Labels {
+                service: !o.labels.service,
+                slices: o.labels.unlabelled_slices.clone(),
+            };
+        }
     }
     let ports = match &o.ports {
         Ok(p) => p.clone(),
@@ -664,10 +719,11 @@ fn decide_writes(es: &ElastiService, o: &Observed) -> Plan {
     };
     Plan {
         mode: Some(mode),
-        proxy_ports: ports,
+        proxy_ports: published_ports(es, o, &ports),
         conditions: b.conditions,
         slices,
         drain,
+        labels: b.labels,
         scale,
         events: b.events,
         requeue,

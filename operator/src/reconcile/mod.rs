@@ -14,6 +14,7 @@ pub mod act;
 pub mod agents;
 pub mod decide;
 pub mod fallback;
+pub mod label;
 pub mod observe;
 
 use std::{
@@ -79,6 +80,9 @@ pub enum Error {
     /// Draining the Service, or taking the drain out, failed.
     #[error(transparent)]
     Drain(#[from] scale::drain::Error),
+    /// Putting the managed label on the Service or its slices, or taking it off, failed.
+    #[error(transparent)]
+    Label(#[from] label::Error),
     /// Adding or removing the finalizer failed.
     #[error("finalizer")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -100,6 +104,7 @@ impl Error {
             Self::Api { .. } => "api",
             Self::Scale(_) => "scale",
             Self::Drain(_) => "drain",
+            Self::Label(_) => "label",
             Self::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
@@ -292,9 +297,9 @@ fn error_policy(es: Arc<ElastiService>, error: &Error, _ctx: Arc<Context>) -> Ac
 }
 
 async fn apply(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
-    let observed = observe::observe(es, ctx).await?;
+    let (observed, took) = observe::observe(es, ctx).await?;
     let plan = decide::decide(es, &observed);
-    act::act(es, plan, ctx).await
+    act::act(es, plan, &took, ctx).await
 }
 
 /// The status fields a reconcile writes.
@@ -318,6 +323,7 @@ async fn write_status(
     es: &ElastiService,
     new: StatusUpdate,
     now: Timestamp,
+    took: &observe::Took,
 ) -> Result<(), Error> {
     let old = es.status.clone().unwrap_or_default();
     let refresh = ctx.settings.poll_interval.as_secs() * RECONCILED_REFRESH_POLLS;
@@ -345,21 +351,29 @@ async fn write_status(
     )
     .await
     .map_err(api_err("writing status"))?;
-    log_transitions(&old, &new);
+    log_transitions(&old, &new, took);
     Ok(())
 }
 
 /// One line per mode or condition that changed, once written: conditions keep whole
 /// seconds, and these lines date each step (a scale-down's phases, a wake) to the
-/// microsecond.
-fn log_transitions(old: &elasti_api::ElastiServiceStatus, new: &StatusUpdate) {
+/// microsecond, with how long the reconcile that wrote it took and its reads.
+fn log_transitions(
+    old: &elasti_api::ElastiServiceStatus,
+    new: &StatusUpdate,
+    took: &observe::Took,
+) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let reconcile_ms = ms(took.started.elapsed());
+    let reads_ms = ms(took.reads);
+    let triggers_ms = took.triggers.map(ms);
     if old.mode != new.mode {
-        tracing::info!(from = ?old.mode, to = ?new.mode, "mode changed");
+        tracing::info!(from = ?old.mode, to = ?new.mode, reconcile_ms, reads_ms, triggers_ms, "mode changed");
     }
     for c in &new.conditions {
         let before = old.conditions.iter().find(|o| o.type_ == c.type_);
         if before.is_none_or(|b| b.status != c.status || b.reason != c.reason) {
-            tracing::info!(condition = %c.type_, status = %c.status, reason = %c.reason, "condition changed");
+            tracing::info!(condition = %c.type_, status = %c.status, reason = %c.reason, reconcile_ms, reads_ms, triggers_ms, "condition changed");
         }
     }
 }
@@ -428,6 +442,13 @@ async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
         }
         ctx.drain_clock
             .drained_for((ns.clone(), es.spec.service.clone()), false);
+        let uid = es.metadata.uid.as_deref().unwrap_or_default();
+        if let Err(e) = label::unlabel(&ctx.client, &ns, &es.spec.service, uid).await {
+            if !give_up {
+                return Err(e.into());
+            }
+            tracing::warn!(namespace = %ns, elastiservice = %name, error = %DisplayChain(&e), "the managed label left on");
+        }
     }
     if let Err(e) = fallback::sync(&ctx.client, &ns, &es.spec.service, Vec::new()).await {
         if !give_up {

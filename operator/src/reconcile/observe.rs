@@ -11,7 +11,8 @@ use kube::{Api, ResourceExt, api::ListParams};
 
 use super::{
     Context, Error, agents, api_err,
-    decide::{self, Observed, SelectorSeen, ServiceSeen, TargetSeen},
+    decide::{self, LabelSeen, Observed, SelectorSeen, ServiceSeen, TargetSeen},
+    label,
 };
 use crate::{
     group::Graph,
@@ -115,13 +116,26 @@ pub fn group(
     (kept_up_by, wakes)
 }
 
-/// Every read of one reconcile.
+/// How long a reconcile's reads took: the transition log carries them
+/// (`super::log_transitions`), so a slow step of a scale-down can be told from the others.
+#[derive(Clone, Copy, Debug)]
+pub struct Took {
+    /// When the reconcile started.
+    pub started: Instant,
+    /// The Service, the target's scale and the slices, read at once.
+    pub reads: std::time::Duration,
+    /// The triggers, when they were read.
+    pub triggers: Option<std::time::Duration>,
+}
+
+/// Every read of one reconcile, and how long they took.
 ///
 /// # Errors
 /// When the Service or the EndpointSlices cannot be read: nothing can be decided.
-pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Error> {
+pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<(Observed, Took), Error> {
     let (ns, name) = (es.namespace().unwrap_or_default(), es.name_any());
     let now = Timestamp::now();
+    let started = Instant::now();
     let owner = (ns.clone(), name.clone());
     let all = ctx.store.state();
     let conflict = decide::conflict(es, &all);
@@ -140,6 +154,11 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
         ctx.scaler.targets.replicas(&ns, &es.spec.scale_target_ref),
         slices.list(&of_service),
     );
+    let mut took = Took {
+        started,
+        reads: started.elapsed(),
+        triggers: None,
+    };
     let svc = svc.map_err(api_err("reading the Service"))?;
     let service = match &svc {
         None => ServiceSeen::Missing,
@@ -199,6 +218,20 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
         .iter()
         .any(|p| !endpoints::ready_endpoints(pods_slices.iter().copied(), p).is_empty());
     let pods_listed = pods_slices.iter().any(|s| !s.endpoints.is_empty());
+    let uid = es.metadata.uid.as_deref().unwrap_or_default();
+    let selectorless = svc.as_ref().is_some_and(|s| !drain::has_selector(s));
+    let labels = LabelSeen {
+        service: svc
+            .as_ref()
+            .is_some_and(|s| label::carries(s.labels(), uid)),
+        slices: pods_slices.iter().all(|s| label::carries(s.labels(), uid)),
+        unlabelled_slices: pods_slices
+            .iter()
+            .filter(|s| selectorless && label::labelled_by_operator(s))
+            .filter(|s| !label::carries(s.labels(), uid))
+            .map(|s| s.name_any())
+            .collect(),
+    };
     let selector = match &svc {
         Some(s) if drain::is_drained(s) => SelectorSeen::Drained,
         Some(s) if drain::has_selector(s) => SelectorSeen::Selects,
@@ -228,6 +261,7 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
         ready,
         selector,
         pods_listed,
+        labels,
         drained_for,
         drain_delay: ctx.settings.drain_delay,
         agents,
@@ -253,9 +287,11 @@ pub async fn observe(es: &ElastiService, ctx: &Context) -> Result<Observed, Erro
                     detail: "this replica is not leading".into(),
                 })
         };
+        let read_at = Instant::now();
         let reading = triggers::read(&ctx.client, &ctx.prometheus, es, activity).await;
+        took.triggers = Some(read_at.elapsed());
         ctx.metrics.trigger_read(triggers::label(&reading));
         observed.triggers = Some(reading);
     }
-    Ok(observed)
+    Ok((observed, took))
 }

@@ -9,7 +9,10 @@
 //!   ([`cold_start`]);
 //! - operator reaction to idleness: cooldown over → scaled to zero ([`scale_down`]);
 //! - the operator with a thousand ElastiServices: reconciled after a restart, its memory,
-//!   a hundred wakes at once ([`operator_scale`]).
+//!   a hundred wakes at once ([`operator_scale`]);
+//! - the agent beside ten thousand Services it does not manage: memory, CPU, release
+//!   latency ([`agent_scale`]).
+mod agent_scale;
 mod cold_start;
 mod operator_scale;
 mod scale_down;
@@ -256,6 +259,69 @@ fn wait_intercepting() -> Result<()> {
     })
 }
 
+/// The `/proc` directories of the processes named `comm` in the pod whose UID is `uid`:
+/// this machine's `/proc` sees the node containers' processes, and each pod's cgroup path
+/// names its UID.
+fn pod_processes(comm: &str, uid: &str) -> Result<Vec<PathBuf>> {
+    let underscored = uid.replace('-', "_");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let dir = entry?.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        if read("comm").trim() != comm {
+            continue;
+        }
+        let cgroup = read("cgroup");
+        if cgroup.contains(uid) || cgroup.contains(&underscored) {
+            found.push(dir);
+        }
+    }
+    if found.is_empty() {
+        bail!("bench: no {comm} process of pod {uid} in /proc");
+    }
+    Ok(found)
+}
+
+/// The resident memory (`VmRSS`) of `procs` together, bytes.
+fn rss_bytes(procs: &[PathBuf]) -> Result<u64> {
+    let mut total = 0;
+    for dir in procs {
+        let status = std::fs::read_to_string(dir.join("status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("bench: no VmRSS")?;
+        total += kib * 1024;
+    }
+    Ok(total)
+}
+
+/// The CPU time (user and system) `procs` have used so far, seconds.
+fn cpu_seconds(procs: &[PathBuf]) -> Result<f64> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+        .context("bench: no CLK_TCK")? as f64;
+    let mut total = 0.0;
+    for dir in procs {
+        let stat = std::fs::read_to_string(dir.join("stat"))?;
+        // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("bench: /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| -> Result<f64> {
+            Ok(fields
+                .get(n - 3)
+                .context("bench: /proc stat field")?
+                .parse()?)
+        };
+        total += (field(14)? + field(15)?) / ticks;
+    }
+    Ok(total)
+}
+
 fn summary(v: &[f64]) -> serde_json::Value {
     summarize(v).json()
 }
@@ -273,6 +339,8 @@ pub enum Figure {
     ScaleDown,
     /// The operator with a thousand ElastiServices: restart, memory, concurrent wakes.
     OperatorScale,
+    /// The agent beside ten thousand unmanaged Services: memory, CPU, release latency.
+    AgentScale,
 }
 
 /// Markdown rows and the JSON of one section.
@@ -339,6 +407,9 @@ fn measure(rounds: usize, figures: &[Figure]) -> Result<Section> {
     }
     if figures.contains(&Figure::OperatorScale) {
         add("operator_at_scale", operator_scale::measure()?);
+    }
+    if figures.contains(&Figure::AgentScale) {
+        add("agent_at_scale", agent_scale::measure()?);
     }
     uninstall_elasti()?;
     Ok((rows, json.into()))

@@ -31,6 +31,7 @@ pub struct Args {
         cluster::Figure::Cold,
         cluster::Figure::ScaleDown,
         cluster::Figure::OperatorScale,
+        cluster::Figure::AgentScale,
     ])]
     pub figures: Vec<cluster::Figure>,
     /// Extra arguments for elasti-bench (e.g. `--held 2000 --rounds 3` for a quick run).

@@ -79,6 +79,11 @@ fn seen() -> Observed {
         ready: true,
         selector: SelectorSeen::Selects,
         pods_listed: true,
+        labels: LabelSeen {
+            service: true,
+            slices: true,
+            unlabelled_slices: Vec::new(),
+        },
         drained_for: None,
         drain_delay: Duration::from_secs(2),
         agents: vec![AgentEndpoint {
@@ -583,4 +588,64 @@ fn fallback_slices_already_there_are_not_written_again() {
     assert_eq!(decide(&serving(), &serve).slices, Slices::Remove);
     serve.fallback.clear();
     assert_eq!(decide(&serving(), &serve).slices, Slices::Keep);
+}
+
+#[test]
+fn proxy_ports_are_published_only_once_the_agents_can_see_the_service_and_its_slices() {
+    // New: the Service not labelled yet. Label it; publish no port the agents would hold
+    // without seeing its endpoints.
+    let mut o = seen();
+    o.labels = LabelSeen::default();
+    let plan = decide(&es(), &o);
+    assert!(plan.labels.service, "the Service is labelled");
+    assert!(plan.proxy_ports.is_empty(), "{:?}", plan.proxy_ports);
+    // Labelled; the EndpointSlice controller has not copied it onto the slices yet.
+    o.labels.service = true;
+    let plan = decide(&es(), &o);
+    assert!(!plan.labels.service, "not labelled again");
+    assert!(plan.proxy_ports.is_empty());
+    // Both: published.
+    o.labels.slices = true;
+    assert_eq!(decide(&es(), &o).proxy_ports, vec![port()]);
+    // Ports already published stay while the label is put back (an upgrade, or a label
+    // someone removed): the agents would otherwise let go of a Service at zero.
+    let mut published = es();
+    published
+        .status
+        .get_or_insert_with(Default::default)
+        .proxy_ports = vec![port()];
+    o.labels = LabelSeen::default();
+    let plan = decide(&published, &o);
+    assert!(plan.labels.service);
+    assert_eq!(plan.proxy_ports, vec![port()]);
+}
+
+#[test]
+fn a_selectorless_services_slices_are_labelled_by_the_operator() {
+    let mut o = seen();
+    o.selector = SelectorSeen::Absent;
+    o.labels = LabelSeen {
+        service: true,
+        slices: false,
+        unlabelled_slices: vec!["web-manual".into()],
+    };
+    let plan = decide(&es(), &o);
+    assert_eq!(plan.labels.slices, vec!["web-manual".to_string()]);
+    assert!(!plan.labels.service);
+}
+
+#[test]
+fn nothing_is_labelled_for_a_service_another_elastiservice_manages_or_one_that_is_missing() {
+    let mut o = seen();
+    o.labels = LabelSeen::default();
+    o.conflict = Some("ElastiService api already manages Service web".into());
+    assert_eq!(decide(&es(), &o).labels, Labels::default());
+    o.conflict = None;
+    o.service = ServiceSeen::Missing;
+    assert_eq!(decide(&es(), &o).labels, Labels::default());
+    // A target that is missing still needs its Service seen: the agents answer its
+    // clients at once instead of holding them.
+    o.service = ServiceSeen::Found;
+    o.target = TargetSeen::Missing("deployments.apps web not found".into());
+    assert!(decide(&es(), &o).labels.service);
 }

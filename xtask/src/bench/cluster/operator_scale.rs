@@ -9,8 +9,10 @@
 //! - **memory:** the leader's resident set (`VmRSS`), read from `/proc` on this machine,
 //!   which sees the node containers' processes;
 //! - **concurrent wakes:** [`WAKES`] wakes of different services sent at once (one curl,
-//!   in parallel), each until its Deployment's `spec.replicas` is 1 in a watch. Baseline:
-//!   one wake alone, the same way.
+//!   in parallel), each until its Deployment's `spec.replicas` is 1 in a watch. Baselines:
+//!   one wake alone, the same way; and as many `/scale` patches sent straight to the
+//!   apiserver at once, over a connection each (HTTP/1.1, as the operator's client speaks
+//!   it) and over one connection (HTTP/2).
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant, SystemTime},
@@ -153,65 +155,23 @@ fn leader() -> Result<(OperatorPod, u64)> {
     bail!("bench: no operator pod leads")
 }
 
-/// Resident memory of the operator process in pod `uid`, bytes: found on this machine's
-/// `/proc` by its name and its pod's cgroup.
-fn rss_of(uid: &str) -> Result<u64> {
-    let underscored = uid.replace('-', "_");
-    for entry in std::fs::read_dir("/proc")? {
-        let dir = entry?.path();
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        if read("comm").trim() != "elasti-operator" {
-            continue;
-        }
-        let cgroup = read("cgroup");
-        if !cgroup.contains(uid) && !cgroup.contains(&underscored) {
-            continue;
-        }
-        let kib = read("status")
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .context("bench: no VmRSS")?;
-        return Ok(kib * 1024);
-    }
-    bail!("bench: no elasti-operator process of pod {uid} in /proc")
-}
-
-/// Sends a wake for each of `services` at once (curl's parallel transfers, from the bench's
-/// node) and returns, per service, wake sent → its Deployment at 1 replica in `watch`, ms.
-fn wakes_at_once(
-    services: &[String],
-    watch: &Watch,
-    (auth, url): &(String, String),
-) -> Result<Vec<f64>> {
+/// Sends the curl transfers `transfers` (each its own arguments) at once, from the bench's
+/// node, with curl's `global` options; fails unless every one answered `code`. Returns
+/// when they were sent.
+fn at_once(transfers: &[Vec<String>], global: &[&str], code: &str) -> Result<SystemTime> {
     let mut args: Vec<String> = vec![
         "-Z".into(),
         "--parallel-immediate".into(),
         "--parallel-max".into(),
-        services.len().max(1).to_string(),
+        transfers.len().max(1).to_string(),
     ];
-    for (i, s) in services.iter().enumerate() {
+    for (i, t) in transfers.iter().enumerate() {
         if i > 0 {
             args.push("--next".into());
         }
-        let body = format!(r#"{{"namespace":"{NS}","service":"{s}"}}"#);
-        args.extend(
-            [
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}\n",
-                "-X",
-                "POST",
-                "-H",
-                auth,
-                "-d",
-                &body,
-                url,
-            ]
-            .map(String::from),
-        );
+        args.extend(global.iter().map(|a| a.to_string()));
+        args.extend(["-s", "-o", "/dev/null", "-w", "%{http_code}\n"].map(String::from));
+        args.extend(t.iter().cloned());
     }
     let sent = SystemTime::now();
     let out = cmd::output(
@@ -220,14 +180,19 @@ fn wakes_at_once(
             .command_on(cluster().home(), "/usr/bin/curl")
             .args(&args),
     )?;
-    let refused: Vec<&str> = out.lines().filter(|c| c.trim() != "202").collect();
+    let refused: Vec<&str> = out.lines().filter(|c| c.trim() != code).collect();
     if !refused.is_empty() {
         bail!(
-            "bench: {} of {} wakes not answered 202: {refused:?}",
+            "bench: {} of {} requests not answered {code}: {refused:?}",
             refused.len(),
-            services.len()
+            transfers.len()
         );
     }
+    Ok(sent)
+}
+
+/// Per service of `services`, `sent` → its Deployment at 1 replica in `watch`, ms.
+fn until_scaled(services: &[String], watch: &Watch, sent: SystemTime) -> Result<Vec<f64>> {
     let mut left: BTreeSet<&str> = services.iter().map(String::as_str).collect();
     let mut took = Vec::new();
     watch.until(sent, Duration::from_secs(120), |at, line| {
@@ -240,6 +205,58 @@ fn wakes_at_once(
         left.is_empty()
     })?;
     Ok(took)
+}
+
+/// Sends a wake for each of `services` at once and returns, per service, wake sent → its
+/// Deployment at 1 replica in `watch`, ms.
+fn wakes_at_once(
+    services: &[String],
+    watch: &Watch,
+    (auth, url): &(String, String),
+) -> Result<Vec<f64>> {
+    let transfers: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let body = format!(r#"{{"namespace":"{NS}","service":"{s}"}}"#);
+            ["-X", "POST", "-H", auth, "-d", &body, url].map(String::from).to_vec()
+        })
+        .collect();
+    let sent = at_once(&transfers, &[], "202")?;
+    until_scaled(services, watch, sent)
+}
+
+/// The baseline of [`wakes_at_once`]: the same `/scale` patch the operator sends, straight
+/// to the apiserver (admin client certificate) for each of `services` at once, over
+/// `http` (`--http1.1`: a connection per request, as the operator's client makes them;
+/// `--http2`: one connection for all).
+fn patches_at_once(services: &[String], watch: &Watch, http: &str) -> Result<Vec<f64>> {
+    let [ca, cert, key] = super::admin_pki()?;
+    let (ca, cert, key) = (
+        ca.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let api = format!("https://{}:6443", cluster().control_plane().ip);
+    let transfers: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let url = format!("{api}/apis/apps/v1/namespaces/{NS}/deployments/{s}/scale");
+            [
+                "-X",
+                "PATCH",
+                "-H",
+                "Content-Type: application/merge-patch+json",
+                "-d",
+                r#"{"spec":{"replicas":1}}"#,
+                &url,
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+        .collect();
+    let global = ["--cacert", &ca, "--cert", &cert, "--key", &key, http];
+    let sent = at_once(&transfers, &global, "200")?;
+    until_scaled(services, watch, sent)
 }
 
 /// The whole figure; leaves the namespace deleted.
@@ -266,7 +283,7 @@ fn measure_in_namespace() -> Result<Section> {
     let created_to_reconciled = started.elapsed();
 
     let (before, _) = leader()?;
-    let rss_before = rss_of(&before.uid)?;
+    let rss_before = super::rss_bytes(&super::pod_processes("elasti-operator", &before.uid)?)?;
     let old: BTreeSet<String> = operator_pods()?.into_iter().map(|p| p.name).collect();
     let restarted = Instant::now();
     kubectl(&[
@@ -299,7 +316,7 @@ fn measure_in_namespace() -> Result<Section> {
     )?;
     let restart_to_reconciled = restarted.elapsed();
     let leader = new_leader.context("bench: no new leader")?;
-    let rss_after = rss_of(&leader.uid)?;
+    let rss_after = super::rss_bytes(&super::pod_processes("elasti-operator", &leader.uid)?)?;
 
     let endpoint = super::wake_endpoint()?;
     let watch = Watch::start(
@@ -328,15 +345,22 @@ fn measure_in_namespace() -> Result<Section> {
     }
     let many: Vec<String> = (0..WAKES).map(name).collect();
     let together = wakes_at_once(&many, &watch, &endpoint)?;
+    // The baselines: as many straight patches at once, of services no wake touched.
+    let straight_h1: Vec<String> = (WAKES..2 * WAKES).map(name).collect();
+    let straight_h1 = patches_at_once(&straight_h1, &watch, "--http1.1")?;
+    let straight_h2: Vec<String> = (2 * WAKES..3 * WAKES).map(name).collect();
+    let straight_h2 = patches_at_once(&straight_h2, &watch, "--http2")?;
     p.done();
 
     let (a, t) = (summarize(&alone), summarize(&together));
+    let (h1, h2) = (summarize(&straight_h1), summarize(&straight_h2));
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let rows = format!(
         "| {MANY} ElastiServices applied ({:.1} s) → every one reconciled | | {:.1} s | |\n\
          | operator restart (pods deleted) → the new leader has reconciled all {MANY} | | {:.1} s | |\n\
          | leading operator's resident memory with {MANY} ElastiServices | | {:.1} MiB before the restart, {:.1} MiB after | |\n\
-         | wake → `/scale` patch seen, {WAKES} wakes of different services at once, p50 / p99 | one wake alone (5): {:.1} / {:.1} ms | {:.1} / {:.1} ms | goal p99 ≤ 50 ms |\n",
+         | wake → `/scale` patch seen, {WAKES} wakes of different services at once, p50 / p99 | one wake alone (5): {:.1} / {:.1} ms | {:.1} / {:.1} ms | goal p99 ≤ 50 ms |\n\
+         | … the same {WAKES} `/scale` patches sent straight at once, p50 / p99 | a connection each (HTTP/1.1): {:.1} / {:.1} ms; one connection (HTTP/2): {:.1} / {:.1} ms | | |\n",
         applied.as_secs_f64(),
         created_to_reconciled.as_secs_f64(),
         restart_to_reconciled.as_secs_f64(),
@@ -346,6 +370,10 @@ fn measure_in_namespace() -> Result<Section> {
         a.p99,
         t.p50,
         t.p99,
+        h1.p50,
+        h1.p99,
+        h2.p50,
+        h2.p99,
     );
     let json = json!({
         "elastiservices": MANY,
@@ -354,6 +382,7 @@ fn measure_in_namespace() -> Result<Section> {
         "restart_to_all_reconciled_s": restart_to_reconciled.as_secs_f64(),
         "leader_rss_bytes": {"before_restart": rss_before, "after_restart": rss_after},
         "wake_to_patch_seen_ms": {"alone": summary(&alone), "concurrent": summary(&together), "concurrent_wakes": WAKES},
+        "straight_patch_to_seen_ms": {"http1_concurrent": summary(&straight_h1), "http2_concurrent": summary(&straight_h2)},
     });
     Ok((rows, json))
 }

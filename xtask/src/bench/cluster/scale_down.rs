@@ -57,6 +57,18 @@ struct Steps {
     to_drained: f64,
     /// → the operator's "scaled to zero" line (the `/scale` patch answered).
     to_patched: f64,
+    /// The reconcile that wrote `ScaleDownPending`, from its start to the write, and its
+    /// reads and trigger query within that (its log line says).
+    pending_reconcile: f64,
+    pending_reads: f64,
+    pending_triggers: f64,
+}
+
+/// The number after `name=` in a log line (the operator's timings).
+fn number_field(line: &str, name: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
 }
 
 /// A `metav1.Time` read back, as the operator reads it (`operator/src/reconcile/decide.rs`,
@@ -151,6 +163,16 @@ fn trace(created: SystemTime, serving_at: &str) -> Result<(SystemTime, Steps)> {
         ],
         "ScaleDownPending",
     )?;
+    let pending_line = op
+        .iter()
+        .find(|(_, t, l)| {
+            *t == pending
+                && l.contains("condition=ScaleDownPending")
+                && l.contains("reason=Intercepting")
+        })
+        .map(|(_, _, l)| l.as_str())
+        .unwrap_or_default();
+    let timing = |name| number_field(pending_line, name).unwrap_or(f64::NAN);
     let drained = ours(
         pending,
         &[
@@ -179,6 +201,9 @@ fn trace(created: SystemTime, serving_at: &str) -> Result<(SystemTime, Steps)> {
             to_intercepted: ms_between(reckoned, intercepted),
             to_drained: ms_between(reckoned, drained),
             to_patched: ms_between(reckoned, patched),
+            pending_reconcile: timing("reconcile_ms"),
+            pending_reads: timing("reads_ms"),
+            pending_triggers: timing("triggers_ms"),
         },
     ))
 }
@@ -295,6 +320,16 @@ impl ScaleDowns {
                 v.p50, v.max
             );
         }
+        let (rec, reads, trig) = (
+            st(&step(|s| s.pending_reconcile)),
+            st(&step(|s| s.pending_reads)),
+            st(&step(|s| s.pending_triggers)),
+        );
+        let start = st(&step(|s| s.to_pending - s.pending_reconcile));
+        rows += &format!(
+            "| … of which: cooldown end → that reconcile's start; the reconcile (its reads at once; the trigger query), p50 | | {:.1} ms; {:.1} ms ({:.1}; {:.1}) | |\n",
+            start.p50, rec.p50, reads.p50, trig.p50
+        );
         let r = st(&step(|s| s.rounding));
         rows += &format!(
             "| the operator's cooldown end after the one counted from the precise moment `web` was seen Ready (`metav1.Time` keeps whole seconds; rounded up, never cut short) | | {:.0} ms ({:.0}–{:.0}) | |\n",
@@ -310,6 +345,10 @@ impl ScaleDowns {
             "cooldown_end_to_drained_ms": summary(&step(|s| s.to_drained)),
             "cooldown_end_to_scale_patched_ms": summary(&step(|s| s.to_patched)),
             "whole_second_rounding_ms": summary(&step(|s| s.rounding)),
+            "pending_reconcile_ms": summary(&step(|s| s.pending_reconcile)),
+            "pending_reads_ms": summary(&step(|s| s.pending_reads)),
+            "pending_triggers_ms": summary(&step(|s| s.pending_triggers)),
+            "cooldown_end_to_pending_reconcile_start_ms": summary(&step(|s| s.to_pending - s.pending_reconcile)),
         });
         (rows, json)
     }
