@@ -78,13 +78,15 @@ pub fn port_series(what: &str, namespace: &str, service: &str, port: u16) -> Str
 }
 
 /// `GET path` over a plain TCP connection from this thread's network namespace; the whole
-/// response (head and body).
+/// response (head and body). Refused, without a packet sent, for a cluster address from
+/// the machine's own namespace ([`crate::netns::ensure_reachable_here`]).
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<String> {
     use std::{
         io::{Read, Write},
         net::TcpStream,
     };
     let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    crate::netns::ensure_reachable_here(sock)?;
     let mut s = TcpStream::connect_timeout(&sock, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     write!(
@@ -99,6 +101,25 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bench once asked an agent's `/metrics` from the machine's own namespace: the
+    /// connects went to the default route, out of the machine.
+    #[test]
+    fn a_cluster_address_is_refused_from_the_machines_own_namespace() {
+        if !crate::netns::on_host() {
+            eprintln!("SKIPPED LOUDLY: this test runs outside the machine's own network namespace");
+            return;
+        }
+        let started = std::time::Instant::now();
+        let r = http_get("10.89.0.2:9095", "/metrics", Duration::from_secs(5));
+        let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("refusing to connect"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "no connect tried"
+        );
+        assert!(metrics_text("10.89.0.2:9095").is_empty());
+    }
 
     #[test]
     fn samples_are_found_by_their_series_prefix() {

@@ -23,6 +23,29 @@ pub fn exists() -> bool {
     path().exists()
 }
 
+/// Whether this thread is in the machine's own network namespace (PID 1's), where an
+/// address of the cluster routes out of the machine.
+pub fn on_host() -> bool {
+    let link = |p: &str| std::fs::read_link(p).ok();
+    let here = link("/proc/thread-self/ns/net");
+    here.is_some() && here == link("/proc/1/ns/net")
+}
+
+/// Fails when a connection to `addr` from this thread would leave the machine: `addr` is
+/// not loopback and the thread is in the machine's own network namespace. Every plain
+/// socket the test bed opens to a cluster address checks this first.
+///
+/// # Errors
+/// The refusal, naming the address.
+pub fn ensure_reachable_here(addr: std::net::SocketAddr) -> Result<()> {
+    if !addr.ip().is_loopback() && on_host() {
+        anyhow::bail!(
+            "refusing to connect to {addr} from the machine's own network namespace: it would route out of the machine (run it inside {NETNS} or a node's namespace)"
+        );
+    }
+    Ok(())
+}
+
 /// Creates the namespace with only its loopback up.
 pub fn create() -> Result<()> {
     cmd::run(

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use elasti_api::{
     ElastiService, ProxyPort,
-    endpoints::SERVICE_NAME_LABEL,
+    endpoints::{MANAGED_LABEL, SERVICE_NAME_LABEL},
     fallback::{MANAGED_BY, MANAGED_BY_LABEL},
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -73,6 +73,13 @@ pub fn desired(
                         [
                             (SERVICE_NAME_LABEL.to_string(), service.to_string()),
                             (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                            // The operator's slice watch selects on it
+                            // (`super::run`): a fallback slice someone deletes is
+                            // put back at once.
+                            (
+                                MANAGED_LABEL.to_string(),
+                                es.metadata.uid.clone().unwrap_or_default(),
+                            ),
                         ]
                         .into(),
                     ),

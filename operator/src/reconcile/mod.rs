@@ -35,7 +35,7 @@ use kube::{
     Api, Client, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
@@ -208,23 +208,28 @@ pub async fn run(
     };
     let by_service = naming.clone();
     let by_slice = naming;
+    // Services: their metadata alone (a Service only says which ElastiService to look at),
+    // cluster-wide, since one may be created after its ElastiService. Slices: only the
+    // managed ones (the managed label; fallback slices carry it too).
+    let services = after_first_listing(watcher(
+        Api::<PartialObjectMeta<Service>>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    let slices = after_first_listing(watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(endpoints::MANAGED_LABEL),
+    ));
     let controller = Controller::new(
-        Api::<ElastiService>::all(client.clone()),
+        Api::<ElastiService>::all(client),
         watcher::Config::default(),
     )
-    .watches(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        move |svc: Service| by_service(svc.namespace(), Some(svc.name_any())),
-    )
-    .watches(
-        Api::<EndpointSlice>::all(client),
-        watcher::Config::default(),
-        move |slice: EndpointSlice| {
-            let service = slice.labels().get(endpoints::SERVICE_NAME_LABEL).cloned();
-            by_slice(slice.namespace(), service)
-        },
-    )
+    .watches_stream(services, move |svc: PartialObjectMeta<Service>| {
+        by_service(svc.namespace(), Some(svc.name_any()))
+    })
+    .watches_stream(slices, move |slice: EndpointSlice| {
+        let service = slice.labels().get(endpoints::SERVICE_NAME_LABEL).cloned();
+        by_slice(slice.namespace(), service)
+    })
     .reconcile_on(pokes)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -246,6 +251,41 @@ pub async fn run(
     tokio::select! {
         () = controller => {}
         () = stop => {}
+    }
+}
+
+/// The objects `events` applies or deletes, once its first listing is over. At start-up
+/// every ElastiService is reconciled from its own listing, so the related objects' first
+/// listing would only repeat it: measured at five reconciles per ElastiService after a
+/// restart, each three reads, which held the apiserver busy for half a minute with 600.
+/// A later re-listing (after a watch expired) still counts: changes may hide in it.
+fn after_first_listing<K, S>(events: S) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let mut listed = false;
+    events.default_backoff().filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => changed(&mut listed, event).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    })
+}
+
+/// The object `event` is about, unless it belongs to the first listing (`listed` says
+/// whether that is over). Pure but for `listed`.
+fn changed<K>(listed: &mut bool, event: watcher::Event<K>) -> Option<K> {
+    match event {
+        watcher::Event::InitDone => {
+            *listed = true;
+            None
+        }
+        watcher::Event::Init => None,
+        watcher::Event::InitApply(_) if !*listed => None,
+        watcher::Event::InitApply(o) | watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+            Some(o)
+        }
     }
 }
 
@@ -403,17 +443,24 @@ async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
         .map_or(Duration::ZERO, |t| {
             Duration::try_from(now.duration_since(t.0)).unwrap_or(Duration::ZERO)
         });
-    let give_up = deleting_for >= ctx.settings.cleanup_deadline
-        || namespace_terminating(&ctx.client, &ns).await;
+    let terminating = namespace_terminating(&ctx.client, &ns).await;
+    let give_up = deleting_for >= ctx.settings.cleanup_deadline || terminating;
     ctx.fence.check()?;
     // A target left at zero goes back to minTargetReplicas; `up` leaves one that has
-    // replicas alone, and a target that is gone needs nothing.
-    match ctx.scaler.up(es, "delete").await {
-        Ok(_)
-        | Err(scale::Error::Target(
+    // replicas alone, and a target that is gone needs nothing. In a namespace being
+    // deleted the target goes too: scaling it up would only start pods to be killed.
+    let scaled = if terminating {
+        None
+    } else {
+        Some(ctx.scaler.up(es, "delete").await)
+    };
+    match scaled {
+        None
+        | Some(Ok(_))
+        | Some(Err(scale::Error::Target(
             target::Error::NotFound { .. } | target::Error::KindNotServed { .. },
-        )) => {}
-        Err(e) if give_up => {
+        ))) => {}
+        Some(Err(e)) if give_up => {
             let msg = format!(
                 "deleted without scaling the target back up: {}",
                 DisplayChain(&e)
@@ -423,7 +470,7 @@ async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
                 .event(es, EventType::Warning, "CleanupIncomplete", msg)
                 .await;
         }
-        Err(e) => return Err(e.into()),
+        Some(Err(e)) => return Err(e.into()),
     }
     ctx.fence.check()?;
     // An ElastiService deleted mid-drain (its target still up) leaves its Service
@@ -462,4 +509,44 @@ async fn cleanup(es: &ElastiService, ctx: &Context) -> Result<Action, Error> {
     }
     tracing::info!(namespace = %ns, elastiservice = %name, "cleaned up");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_listing_triggers_nothing_and_later_changes_do() {
+        use watcher::Event;
+        let mut listed = false;
+        let seen: Vec<Option<&str>> = [
+            Event::Init,
+            Event::InitApply("a"),
+            Event::InitApply("b"),
+            Event::InitDone,
+            Event::Apply("a"),
+            Event::Delete("b"),
+            // A re-listing after the watch expired: what it carries may have changed.
+            Event::Init,
+            Event::InitApply("c"),
+            Event::InitDone,
+        ]
+        .into_iter()
+        .map(|e| changed(&mut listed, e))
+        .collect();
+        assert_eq!(
+            seen,
+            [
+                None,
+                None,
+                None,
+                None,
+                Some("a"),
+                Some("b"),
+                None,
+                Some("c"),
+                None
+            ]
+        );
+    }
 }

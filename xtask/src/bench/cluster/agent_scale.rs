@@ -179,7 +179,11 @@ fn home_agent() -> Result<(String, String)> {
 
 /// How many of the managed services the bench node's agent steers to itself.
 fn intercepting() -> usize {
-    let text = elasti::metrics_text(&elasti::agent_admin(&cluster().home().ip));
+    // From the cluster's namespace: the agent's address exists only there.
+    let admin = elasti::agent_admin(&cluster().home().ip);
+    let text = cluster()
+        .run_beside(move || elasti::metrics_text(&admin))
+        .unwrap_or_default();
     (0..MANAGED)
         .filter(|i| {
             let series = elasti::port_series("intercepting", MANAGED_NS, &managed_name(*i), 80);

@@ -218,7 +218,9 @@ fn wakes_at_once(
         .iter()
         .map(|s| {
             let body = format!(r#"{{"namespace":"{NS}","service":"{s}"}}"#);
-            ["-X", "POST", "-H", auth, "-d", &body, url].map(String::from).to_vec()
+            ["-X", "POST", "-H", auth, "-d", &body, url]
+                .map(String::from)
+                .to_vec()
         })
         .collect();
     let sent = at_once(&transfers, &[], "202")?;
@@ -318,6 +320,23 @@ fn measure_in_namespace() -> Result<Section> {
     let leader = new_leader.context("bench: no new leader")?;
     let rss_after = super::rss_bytes(&super::pod_processes("elasti-operator", &leader.uid)?)?;
 
+    // The wakes are timed once the restart's catch-up is over: the leader down to its
+    // steady rate, each ElastiService once per poll (30 s), with half as much again.
+    let steady = (3 * MANY / 30) as u64 * 3 / 2;
+    let mut last = None;
+    wait_for(
+        "the new leader at its steady rate",
+        RECONCILED_TIMEOUT,
+        || {
+            let now = leader_reconciles(&leader)?;
+            let calm = matches!((last, now), (Some(a), Some(b)) if b.saturating_sub(a) <= steady);
+            last = now;
+            if !calm {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Ok(calm)
+        },
+    )?;
     let endpoint = super::wake_endpoint()?;
     let watch = Watch::start(
         "Deployment",
