@@ -488,9 +488,22 @@ fn wake_is_authenticated_and_scales_up() -> anyhow::Result<()> {
         jsonpath(ns, "elastiservice/web", "{.status.lastScaledUpTime}"),
         ""
     );
+    // A wake answered "already up" refreshes the cooldown too (`lastWakeTime`, which keeps
+    // whole seconds: the next one is sent in a later second).
+    let woken = jsonpath(ns, "elastiservice/web", "{.status.lastWakeTime}");
+    assert_ne!(woken, "", "the wake is recorded");
+    std::thread::sleep(Duration::from_millis(2100));
     let (c, resp) = o.wake(Some(&agent), &body)?;
     assert_eq!(c, 202, "idempotent: {resp}");
     assert!(resp.contains("already"), "{resp}");
+    wait_until(
+        "lastWakeTime refreshed by the wake answered already up",
+        Duration::from_secs(5),
+        || {
+            let now = jsonpath(ns, "elastiservice/web", "{.status.lastWakeTime}");
+            (now > woken).then_some(())
+        },
+    )?;
     let m = o.metrics();
     for code in ["401", "403", "404", "400", "202"] {
         assert!(
