@@ -149,6 +149,24 @@ impl Kube {
         self.block_on(f(self.client()))
     }
 
+    /// `each(client, i)` for every `i` in `0..n`, `concurrency` at a time (creating many
+    /// objects through the apiserver); the first error ends it.
+    pub fn for_each_concurrently<F, Fut>(&self, n: usize, concurrency: usize, each: F) -> Result<()>
+    where
+        F: Fn(Client, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        use futures::{StreamExt, TryStreamExt};
+        self.run(move |c| async move {
+            futures::stream::iter(0..n)
+                .map(|i| each(c.clone(), i))
+                .buffer_unordered(concurrency.max(1))
+                .try_collect::<Vec<()>>()
+                .await
+                .map(drop)
+        })
+    }
+
     pub fn client(&self) -> Client {
         self.client
             .clone()

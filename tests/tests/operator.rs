@@ -1415,11 +1415,42 @@ fn slice_labels(ns: &str, service: &str) -> anyhow::Result<Vec<(String, Option<S
         .collect())
 }
 
+/// The managed label of Service `name`, if any.
+fn service_label(ns: &str, name: &str) -> Option<String> {
+    use k8s_openapi::api::core::v1::Service;
+    kube()
+        .ok()?
+        .get::<Service>(ns, name)
+        .ok()
+        .and_then(|s| managed_label(&s.metadata))
+}
+
+/// Waits until Service `svc` and each of its slices carry the managed label `want` (with
+/// at least one slice), or, for `None`, until none of them carries one.
+fn wait_labelled(ns: &str, svc: &str, want: Option<&str>) -> anyhow::Result<()> {
+    wait_until(
+        &format!("{svc} and its slices labelled {want:?}"),
+        Duration::from_secs(60),
+        || {
+            let slices = slice_labels(ns, svc).ok()?;
+            let all = slices.iter().all(|(_, l)| l.as_deref() == want);
+            let some = want.is_none() || !slices.is_empty();
+            (service_label(ns, svc).as_deref() == want && all && some).then_some(())
+        },
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: Service {:?}, slices {:?}",
+            service_label(ns, svc),
+            slice_labels(ns, svc)
+        )
+    })
+}
+
 #[test]
 #[ignore = "needs the kind cluster: run with `cargo xtask test`"]
 fn managed_services_and_their_slices_carry_the_label_agents_watch_until_deleted()
 -> anyhow::Result<()> {
-    use k8s_openapi::api::core::v1::Service;
     require_cluster();
     install_crd()?;
     let ns_owned = TempNamespace::create("op-label")?;
@@ -1452,35 +1483,8 @@ fn managed_services_and_their_slices_carry_the_label_agents_watch_until_deleted(
     m.spec.service = "manual".into();
     apply_es(ns, &m)?;
     let uid = |name: &str| jsonpath(ns, &format!("elastiservice/{name}"), "{.metadata.uid}");
-    let service_label = |name: &str| -> Option<String> {
-        kube()
-            .ok()?
-            .get::<Service>(ns, name)
-            .ok()
-            .and_then(|s| managed_label(&s.metadata))
-    };
     for (es, svc) in [("web", "web"), ("manual", "manual")] {
-        let want = uid(es);
-        wait_until(
-            &format!("{svc} and its slices labelled"),
-            Duration::from_secs(60),
-            || {
-                let slices = slice_labels(ns, svc).ok()?;
-                (service_label(svc).as_deref() == Some(want.as_str())
-                    && !slices.is_empty()
-                    && slices
-                        .iter()
-                        .all(|(_, l)| l.as_deref() == Some(want.as_str())))
-                .then_some(())
-            },
-        )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}: Service {:?}, slices {:?}",
-                service_label(svc),
-                slice_labels(ns, svc)
-            )
-        })?;
+        wait_labelled(ns, svc, Some(uid(es).as_str()))?;
         // Published once the agents can see the Service and its slices.
         wait_until(
             &format!("{es} proxy ports"),
@@ -1492,29 +1496,14 @@ fn managed_services_and_their_slices_carry_the_label_agents_watch_until_deleted(
         )?;
     }
     anyhow::ensure!(
-        service_label("other").is_none(),
+        service_label(ns, "other").is_none(),
         "a Service no ElastiService names is left alone"
     );
 
     // Deleted: the label goes from the Services and from every slice.
     kubectl(&["-n", ns, "delete", "elastiservice", "web", "manual"])?;
     for svc in ["web", "manual"] {
-        wait_until(
-            &format!("{svc} and its slices unlabelled"),
-            Duration::from_secs(60),
-            || {
-                let slices = slice_labels(ns, svc).ok()?;
-                (service_label(svc).is_none() && slices.iter().all(|(_, l)| l.is_none()))
-                    .then_some(())
-            },
-        )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}: Service {:?}, slices {:?}",
-                service_label(svc),
-                slice_labels(ns, svc)
-            )
-        })?;
+        wait_labelled(ns, svc, None)?;
     }
     Ok(())
 }

@@ -259,6 +259,20 @@ fn wait_intercepting() -> Result<()> {
     })
 }
 
+/// `app`'s Deployment at zero, its pods bound to a node label no node has: it can be
+/// scaled, but no pod of it ever runs, so a figure with many of them loads the apiserver
+/// and elasti, not the machine's two cores with pods.
+fn unschedulable(app: &App) -> k8s_openapi::api::apps::v1::Deployment {
+    let mut d = app.clone().replicas(0).deployment();
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.node_selector = Some(std::collections::BTreeMap::from([(
+            "elasti.bench/nowhere".into(),
+            "true".into(),
+        )]));
+    }
+    d
+}
+
 /// The `/proc` directories of the processes named `comm` in the pod whose UID is `uid`:
 /// this machine's `/proc` sees the node containers' processes, and each pod's cgroup path
 /// names its UID.

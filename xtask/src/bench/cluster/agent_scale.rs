@@ -26,7 +26,6 @@ use elasti_testbed::{
     objects::{App, manual_slice},
     stats::summarize,
 };
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
 
@@ -55,8 +54,6 @@ const NOBODY: &str = "10.244.0.250";
 /// Who writes the managed services' slices (the operator labels them, as it does for any
 /// Service without a selector).
 const BENCH_MANAGER: &str = "bench.elasti.truefoundry.com";
-/// The label no node has.
-const NOWHERE: (&str, &str) = ("elasti.bench/nowhere", "true");
 
 fn managed_name(i: usize) -> String {
     format!("m{i:03}")
@@ -65,33 +62,18 @@ fn managed_name(i: usize) -> String {
 /// The managed service `i`: Deployment (unschedulable), Service without a selector, its
 /// slice (not Ready), ElastiService.
 fn create_managed() -> Result<()> {
-    kube()?.run(|c| async move {
-        futures::stream::iter(0..MANAGED)
-            .map(|i| {
-                let c = c.clone();
-                async move {
-                    let name = managed_name(i);
-                    let app = App::http(&name).replicas(0);
-                    let mut d = app.deployment();
-                    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-                        pod.node_selector =
-                            Some(BTreeMap::from([(NOWHERE.0.into(), NOWHERE.1.into())]));
-                    }
-                    let mut svc = app.service();
-                    if let Some(spec) = svc.spec.as_mut() {
-                        spec.selector = None;
-                    }
-                    apply_with(c.clone(), MANAGED_NS, &d).await?;
-                    apply_with(c.clone(), MANAGED_NS, &svc).await?;
-                    apply_with(c.clone(), MANAGED_NS, &slice(&name, false)).await?;
-                    apply_with(c, MANAGED_NS, &app.elastiservice()).await?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await
-            .map(drop)
+    kube()?.for_each_concurrently(MANAGED, LOAD_CONCURRENCY, |c, i| async move {
+        let name = managed_name(i);
+        let app = App::http(&name);
+        let mut svc = app.service();
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.selector = None;
+        }
+        apply_with(c.clone(), MANAGED_NS, &super::unschedulable(&app)).await?;
+        apply_with(c.clone(), MANAGED_NS, &svc).await?;
+        apply_with(c.clone(), MANAGED_NS, &slice(&name, false)).await?;
+        apply_with(c, MANAGED_NS, &app.elastiservice()).await?;
+        Ok(())
     })
 }
 
@@ -105,54 +87,39 @@ fn slice(service: &str, ready: bool) -> k8s_openapi::api::discovery::v1::Endpoin
     )
 }
 
-/// The unmanaged Services and slices, [`LOAD_CONCURRENCY`] applies at a time.
+/// The unmanaged Services and slices, [`LOAD_CONCURRENCY`] Services at a time.
 fn load() -> Result<()> {
-    kube()?.run(|c| async move {
-        futures::stream::iter(0..UNMANAGED)
-            .map(|i| {
-                let c = c.clone();
-                async move {
-                    let name = format!("u{i:05}");
-                    let mut svc: Service = App::http(&name).service();
-                    svc.metadata
-                        .labels
-                        .get_or_insert_with(Default::default)
-                        .insert(OTHER_PROXY.0.into(), OTHER_PROXY.1.into());
-                    if let Some(spec) = svc.spec.as_mut() {
-                        spec.selector = None;
-                    }
-                    apply_with(c.clone(), LOAD_NS, &svc).await?;
-                    for s in 0..SLICES_PER_SERVICE {
-                        let addrs: Vec<String> = (0..ENDPOINTS_PER_SLICE)
-                            .map(|e| {
-                                let n = (i * SLICES_PER_SERVICE + s) * ENDPOINTS_PER_SLICE + e;
-                                // In the pods' range, which exists only inside the
-                                // cluster's network namespace; nothing connects to it.
-                                format!("10.244.{}.{}", n / 256, n % 256)
-                            })
-                            .collect();
-                        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-                        let mut slice = manual_slice(
-                            &format!("{name}-{s}"),
-                            &name,
-                            BENCH_MANAGER,
-                            &addrs,
-                            true,
-                        );
-                        slice
-                            .metadata
-                            .labels
-                            .get_or_insert_with(Default::default)
-                            .insert(OTHER_PROXY.0.into(), OTHER_PROXY.1.into());
-                        apply_with(c.clone(), LOAD_NS, &slice).await?;
-                    }
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await
-            .map(drop)
+    kube()?.for_each_concurrently(UNMANAGED, LOAD_CONCURRENCY, |c, i| async move {
+        let name = format!("u{i:05}");
+        let mut svc: Service = App::http(&name).service();
+        svc.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(OTHER_PROXY.0.into(), OTHER_PROXY.1.into());
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.selector = None;
+        }
+        apply_with(c.clone(), LOAD_NS, &svc).await?;
+        for s in 0..SLICES_PER_SERVICE {
+            let addrs: Vec<String> = (0..ENDPOINTS_PER_SLICE)
+                .map(|e| {
+                    let n = (i * SLICES_PER_SERVICE + s) * ENDPOINTS_PER_SLICE + e;
+                    // In the pods' range, which exists only inside the cluster's network
+                    // namespace; nothing connects to it.
+                    format!("10.244.{}.{}", n / 256, n % 256)
+                })
+                .collect();
+            let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+            let mut slice =
+                manual_slice(&format!("{name}-{s}"), &name, BENCH_MANAGER, &addrs, true);
+            slice
+                .metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(OTHER_PROXY.0.into(), OTHER_PROXY.1.into());
+            apply_with(c.clone(), LOAD_NS, &slice).await?;
+        }
+        Ok(())
     })
 }
 

@@ -14,7 +14,7 @@
 //!   apiserver at once, over a connection each (HTTP/1.1, as the operator's client speaks
 //!   it) and over one connection (HTTP/2).
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -26,8 +26,6 @@ use elasti_testbed::{
     objects::App,
     stats::summarize,
 };
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use serde_json::json;
 
 use super::{
@@ -42,42 +40,21 @@ const MANY: usize = 1000;
 const WAKES: usize = 100;
 /// Server-side applies in flight while creating the objects.
 const APPLY_CONCURRENCY: usize = 16;
-/// The label no node has.
-const NOWHERE: (&str, &str) = ("elasti.bench/nowhere", "true");
 const RECONCILED_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn name(i: usize) -> String {
     format!("s{i:04}")
 }
 
-/// Deployment (at zero, unschedulable), Service and ElastiService number `i`.
-fn objects(i: usize) -> (Deployment, Service, ElastiService) {
-    let app = App::http(&name(i)).replicas(0);
-    let mut d = app.deployment();
-    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-        pod.node_selector = Some(BTreeMap::from([(NOWHERE.0.into(), NOWHERE.1.into())]));
-    }
-    (d, app.service(), app.elastiservice())
-}
-
-/// Every object, [`APPLY_CONCURRENCY`] at a time.
+/// Every object, [`APPLY_CONCURRENCY`] services at a time: Deployment number `i` (at
+/// zero, unschedulable), its Service and its ElastiService.
 fn create_all() -> Result<()> {
-    kube()?.run(|c| async move {
-        futures::stream::iter(0..MANY)
-            .map(|i| {
-                let c = c.clone();
-                async move {
-                    let (d, s, e) = objects(i);
-                    apply_with(c.clone(), NS, &d).await?;
-                    apply_with(c.clone(), NS, &s).await?;
-                    apply_with(c, NS, &e).await?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(APPLY_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await
-            .map(drop)
+    kube()?.for_each_concurrently(MANY, APPLY_CONCURRENCY, |c, i| async move {
+        let app = App::http(&name(i));
+        apply_with(c.clone(), NS, &super::unschedulable(&app)).await?;
+        apply_with(c.clone(), NS, &app.service()).await?;
+        apply_with(c, NS, &app.elastiservice()).await?;
+        Ok(())
     })
 }
 
