@@ -239,6 +239,16 @@ fn markdown(r: &Results) -> String {
             paths.agent.p99_ms.p50 / paths.nginx.p99_ms.p50,
             paths.agent.req_s.p50 / paths.direct.req_s.p50,
         );
+        let cpu = |f: &proxy_in_path::PathFigures| f.proxy_cpu_us.as_ref().map_or(0.0, |c| c.p50);
+        s += &format!(
+            "| … CPU time per request, {mode}, µs: the proxy's (the backend's) | nginx {:.1} ({:.1}); pod direct: backend {:.1} | the agent {:.1} ({:.1}) | | agent/nginx {:.2}: on two cores shared with wrk and the backend, the proxies' req/s follow this |\n",
+            cpu(&paths.nginx),
+            paths.nginx.backend_cpu_us.p50,
+            paths.direct.backend_cpu_us.p50,
+            cpu(&paths.agent),
+            paths.agent.backend_cpu_us.p50,
+            cpu(&paths.agent) / cpu(&paths.nginx),
+        );
     }
     s += &format!(
         "\nconnect() samples (ns, min/median/max): baseline {:.0}/{:.0}/{:.0}, miss {:.0}/{:.0}/{:.0}, hit {:.0}/{:.0}/{:.0}, count-only {:.0}/{:.0}/{:.0}. Hand-off samples (µs, min/median/max): {:.0}/{:.0}/{:.0}.\n",

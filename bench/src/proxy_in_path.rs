@@ -8,6 +8,10 @@
 //! every response with `Connection: close` (it leaves the path: the client's next connect
 //! goes to the pods, `agent/src/forward/http.rs`), so with a keep-alive client it pays a
 //! connection per request where nginx does not; per request, both proxies do the same work.
+//!
+//! Each run also reads the CPU time the proxy (the agent's runtime, this process; nginx's
+//! master and workers) and the backend used, per request: on two cores shared by wrk, the
+//! proxy and the backend, that is what the req/s ratio comes down to.
 use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -18,6 +22,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use elasti_agent::hold::Endpoints;
 use elasti_testbed::{
+    procs,
     stats::{Summary, summarize},
     wrk,
 };
@@ -34,6 +39,10 @@ pub struct PathFigures {
     pub req_s: Summary,
     /// wrk's p99 latency per round, ms.
     pub p99_ms: Summary,
+    /// The proxy's CPU time (user and system) per request, µs; none when direct.
+    pub proxy_cpu_us: Option<Summary>,
+    /// The backend's CPU time per request, µs.
+    pub backend_cpu_us: Summary,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,17 +77,40 @@ pub async fn run(nginx: &Path, rounds: usize, secs: u32) -> Result<ProxyInPath> 
             format!("http://{}/", p.addr),
             format!("http://{}/", peer.addr),
         ];
+        let backend_procs = vec![procs::proc_dir(backend.id())];
+        let proxy_procs = [
+            None,
+            Some(vec![procs::proc_dir(std::process::id())]),
+            Some(procs::with_children(peer.child.id())?),
+        ];
         // [mode][path]: keep-alive, per request × direct, agent, nginx.
-        let mut runs: [[Vec<wrk::Wrk>; 3]; 2] = Default::default();
+        let mut runs: [[Vec<Run>; 3]; 2] = Default::default();
         for round in 0..rounds {
             for (mode, per_request) in [false, true].into_iter().enumerate() {
                 for k in 0..3 {
                     let which = (round + k) % 3;
                     let url = urls[which].clone();
+                    let proxy = proxy_procs[which].as_deref();
+                    let cpu = |procs: Option<&[PathBuf]>| procs.map(procs::cpu_seconds).transpose();
+                    let (proxy_before, backend_before) =
+                        (cpu(proxy)?, procs::cpu_seconds(&backend_procs)?);
                     // Off the runtime's threads: the agent's forwarder runs on them.
                     let w = tokio::task::spawn_blocking(move || run_wrk(&url, secs, per_request))
                         .await??;
-                    runs[mode][which].push(w);
+                    let requests = w.rps * f64::from(secs);
+                    let per_request_us =
+                        |before: f64, after: f64| (after - before) * 1e6 / requests;
+                    let proxy_cpu_us = match (proxy_before, cpu(proxy)?) {
+                        (Some(b), Some(a)) => Some(per_request_us(b, a)),
+                        _ => None,
+                    };
+                    let backend_cpu_us =
+                        per_request_us(backend_before, procs::cpu_seconds(&backend_procs)?);
+                    runs[mode][which].push(Run {
+                        wrk: w,
+                        proxy_cpu_us,
+                        backend_cpu_us,
+                    });
                 }
             }
         }
@@ -89,11 +121,16 @@ pub async fn run(nginx: &Path, rounds: usize, secs: u32) -> Result<ProxyInPath> 
     let _ = backend.kill();
     let _ = backend.wait();
     let [keep_alive, per_request] = result?;
-    let figures = |v: &[wrk::Wrk]| PathFigures {
-        req_s: summarize(&v.iter().map(|w| w.rps).collect::<Vec<_>>()),
-        p99_ms: summarize(&v.iter().map(|w| w.p99_ms).collect::<Vec<_>>()),
+    let figures = |v: &[Run]| {
+        let proxy: Vec<f64> = v.iter().filter_map(|r| r.proxy_cpu_us).collect();
+        PathFigures {
+            req_s: summarize(&v.iter().map(|r| r.wrk.rps).collect::<Vec<_>>()),
+            p99_ms: summarize(&v.iter().map(|r| r.wrk.p99_ms).collect::<Vec<_>>()),
+            proxy_cpu_us: (!proxy.is_empty()).then(|| summarize(&proxy)),
+            backend_cpu_us: summarize(&v.iter().map(|r| r.backend_cpu_us).collect::<Vec<_>>()),
+        }
     };
-    let paths = |[direct, agent, nginx]: [Vec<wrk::Wrk>; 3]| Paths {
+    let paths = |[direct, agent, nginx]: [Vec<Run>; 3]| Paths {
         direct: figures(&direct),
         agent: figures(&agent),
         nginx: figures(&nginx),
@@ -105,6 +142,13 @@ pub async fn run(nginx: &Path, rounds: usize, secs: u32) -> Result<ProxyInPath> 
         keep_alive: paths(keep_alive),
         per_request: paths(per_request),
     })
+}
+
+/// One wrk run on one path, with what the processes in the path spent on it.
+struct Run {
+    wrk: wrk::Wrk,
+    proxy_cpu_us: Option<f64>,
+    backend_cpu_us: f64,
 }
 
 fn run_wrk(url: &str, secs: u32, per_request: bool) -> Result<wrk::Wrk> {

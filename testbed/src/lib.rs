@@ -7,6 +7,7 @@
 //! - [`elasti`]: elasti's install from its chart, and its agents' metrics;
 //! - [`prometheus`]: a real Prometheus beside the cluster;
 //! - [`stats`]: min / median / p99 / max of samples; [`wrk`]: the HTTP load generator;
+//!   [`procs`]: what a process costs (memory, CPU time);
 //! - [`netns`], [`cmd`], [`paths`]: the cluster's network namespace, running tools with
 //!   progress, and where everything lives.
 //!
@@ -18,6 +19,7 @@ pub mod kube;
 pub mod netns;
 pub mod objects;
 pub mod paths;
+pub mod procs;
 pub mod prometheus;
 pub mod stats;
 pub mod wrk;

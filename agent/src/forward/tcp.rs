@@ -10,6 +10,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::fcntl::{SpliceFFlags, splice};
 use tokio::{io::Interest, net::TcpStream};
 
+use crate::hold::{RELEASE_TURN_MAX, ReleaseTurn};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The spliced connection broke (a reset by either side mid-stream).
@@ -25,20 +27,36 @@ pub type Copied = (u64, u64);
 /// default). Four times the default pipe: a quarter of the calls and wake-ups per byte.
 const PIPE_BYTES: usize = 256 << 10;
 
-/// Copies both ways until either side closes.
-pub async fn copy(mut client: TcpStream, mut upstream: TcpStream) -> Result<Copied, Error> {
+/// Copies both ways until either side closes. A held connection's `turn` in the release
+/// is given back when the pod first has bytes for it (its answer is on its way), or after
+/// [`RELEASE_TURN_MAX`] (a pod that waits for more, or never speaks first).
+pub async fn copy(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    turn: Option<ReleaseTurn>,
+) -> Result<Copied, Error> {
     let pipes = (pipe(), pipe());
     let (Ok(up), Ok(down)) = pipes else {
+        drop(turn);
         tracing::debug!("no pipe for splice; copying through userspace");
         return tokio::io::copy_bidirectional(&mut client, &mut upstream)
             .await
             .map_err(Error::Copy);
     };
-    tokio::try_join!(
+    let give_back = async {
+        if let Some(turn) = turn {
+            let _ = tokio::time::timeout(RELEASE_TURN_MAX, upstream.readable()).await;
+            drop(turn);
+        }
+        Ok(())
+    };
+    let (copied_up, copied_down, ()) = tokio::try_join!(
         one_way(&client, &upstream, up),
-        one_way(&upstream, &client, down)
+        one_way(&upstream, &client, down),
+        give_back
     )
-    .map_err(Error::Copy)
+    .map_err(Error::Copy)?;
+    Ok((copied_up, copied_down))
 }
 
 /// A non-blocking pipe: (read end, write end).
@@ -117,7 +135,7 @@ mod tests {
     async fn both_ways_are_copied_and_each_end_is_passed_on() {
         let (client_side, mut client) = pair().await;
         let (upstream_side, mut pod) = pair().await;
-        let splice = tokio::spawn(copy(client_side, upstream_side));
+        let splice = tokio::spawn(copy(client_side, upstream_side, None));
         // More than one pipe's worth, so the loop turns.
         let big = vec![7u8; 3 * PIPE_BYTES + 5];
         client
@@ -145,5 +163,33 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(copied, (big.len() as u64, 6));
+    }
+
+    #[tokio::test]
+    async fn a_released_connections_turn_is_given_back_once_the_pod_speaks_not_at_its_end() {
+        let window = crate::hold::release::ReleaseWindow::default();
+        let first = window.open();
+        let turn = window.turn().await;
+        assert!(turn.is_some() && window.open() == first - 1);
+        let (client_side, mut client) = pair().await;
+        let (upstream_side, mut pod) = pair().await;
+        let splice = tokio::spawn(copy(client_side, upstream_side, turn));
+        pod.write_all(b"hello")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut hello = [0u8; 5];
+        client
+            .read_exact(&mut hello)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Given back (and the window one wider), while the splice goes on.
+        let start = std::time::Instant::now();
+        while window.open() < first + 1 && start.elapsed() < std::time::Duration::from_secs(5) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(window.open(), first + 1);
+        assert!(!splice.is_finished(), "the connection is still spliced");
+        drop((client, pod));
+        let _ = splice.await;
     }
 }

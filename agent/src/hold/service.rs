@@ -14,7 +14,10 @@ use std::{
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, watch};
 
-use super::admission::{self, Budget, BudgetSlot, Limits};
+use super::{
+    admission::{self, Budget, BudgetSlot, Limits},
+    release::{ReleaseTurn, ReleaseWindow},
+};
 
 /// The Ready endpoints of one Service port (pod IP : resolved target port).
 pub type Endpoints = Arc<[SocketAddr]>;
@@ -50,20 +53,10 @@ pub enum HoldError {
     TargetNotFound(ServiceId),
 }
 
-/// Held callers of one service that are being released at once: the rest wait their turn
-/// in arrival order. Released all together, 10,000 held requests would all do their first
-/// step (hyper's parse, a pooled upstream) before any of them got its answer; in turns of
-/// [`RELEASE_IN_FLIGHT`] the first answer comes in about a millisecond, and the last no
-/// later (the bench's capacity figure).
-pub const RELEASE_IN_FLIGHT: usize = 32;
-/// The longest a released caller keeps its turn: its answer (HTTP) or its pod's accept
-/// (TCP) usually gives it back much sooner, but a slow pod must not slow the release of
+/// The longest a released caller keeps its turn: its answer (HTTP) or its pod's first
+/// bytes (TCP) usually give it back much sooner, but a slow pod must not slow the release of
 /// the others to its own pace.
 pub const RELEASE_TURN_MAX: Duration = Duration::from_millis(2);
-
-/// A released caller's turn ([`RELEASE_IN_FLIGHT`]): dropping it lets the next held caller
-/// go.
-pub type ReleaseTurn = tokio::sync::OwnedSemaphorePermit;
 
 /// What a caller gets once the service has Ready endpoints.
 #[derive(Debug)]
@@ -97,8 +90,8 @@ pub struct HeldService {
     probe_rules: std::sync::RwLock<Arc<elasti_api::probe::CompiledRules>>,
     /// When the current cold period's first caller was held.
     cold_since: std::sync::Mutex<Option<Instant>>,
-    /// The turns of the release ([`RELEASE_IN_FLIGHT`]); fair, so the longest held go first.
-    release: Arc<tokio::sync::Semaphore>,
+    /// The turns of the release; fair, so the longest held go first.
+    release: ReleaseWindow,
 }
 
 impl HeldService {
@@ -122,7 +115,7 @@ impl HeldService {
             failed_signal: Notify::new(),
             probe_rules: std::sync::RwLock::default(),
             cold_since: std::sync::Mutex::default(),
-            release: Arc::new(tokio::sync::Semaphore::new(RELEASE_IN_FLIGHT)),
+            release: ReleaseWindow::default(),
         }
     }
 
@@ -196,8 +189,12 @@ impl HeldService {
         }
         let _slot = self.enqueue(bytes)?;
         let start = Instant::now();
-        if let Ok(mut since) = self.cold_since.lock() {
-            since.get_or_insert(start);
+        if let Ok(mut since) = self.cold_since.lock()
+            && since.is_none()
+        {
+            *since = Some(start);
+            // A new cold period: its release starts narrow (`super::release`).
+            self.release.narrow();
         }
         (self.on_held)();
         let mut rx = self.endpoints.clone();
@@ -221,8 +218,7 @@ impl HeldService {
                     .ok()
                     .and_then(|mut since| since.take())
                     .map(|since| since.elapsed());
-                // The semaphore is never closed, so this only waits for a turn.
-                let turn = self.release.clone().acquire_owned().await.ok();
+                let turn = self.release.turn().await;
                 Ok(Ready {
                     endpoints,
                     waited: start.elapsed(),
@@ -276,6 +272,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use crate::hold::release::RELEASE_FIRST_TURNS;
 
     fn service(
         limits: Limits,
@@ -345,11 +342,16 @@ mod tests {
         assert_eq!(svc.held(), 0, "every queue slot is given back");
     }
 
-    #[tokio::test]
-    async fn a_release_goes_in_turns_and_a_given_back_turn_lets_the_next_go() {
-        let (tx, svc, _) = service(Limits::default(), Budget::default());
-        let n = RELEASE_IN_FLIGHT + 1;
-        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    type Released = tokio::sync::mpsc::UnboundedReceiver<Result<Ready, HoldError>>;
+
+    /// `n` callers held by `svc` at once, then the endpoints Ready: what each is given, in
+    /// the order they are released.
+    async fn hold_then_ready(
+        svc: &Arc<HeldService>,
+        tx: &watch::Sender<Endpoints>,
+        n: usize,
+    ) -> Released {
+        let (done_tx, done) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..n {
             let (svc, done_tx) = (svc.clone(), done_tx.clone());
             tokio::spawn(async move {
@@ -360,8 +362,13 @@ mod tests {
             tokio::task::yield_now().await;
         }
         tx.send_replace(ready(&["10.244.0.9:8080"]));
+        done
+    }
+
+    /// The next `k` released, each with its turn.
+    async fn next_released(done: &mut Released, k: usize) -> Vec<Ready> {
         let mut turns = Vec::new();
-        for _ in 0..RELEASE_IN_FLIGHT {
+        for _ in 0..k {
             let r = done
                 .recv()
                 .await
@@ -372,6 +379,14 @@ mod tests {
             turns.iter().all(|r| r.turn.is_some()),
             "each held one has a turn"
         );
+        turns
+    }
+
+    #[tokio::test]
+    async fn a_release_goes_in_turns_and_a_given_back_turn_lets_the_next_go() {
+        let (tx, svc, _) = service(Limits::default(), Budget::default());
+        let mut done = hold_then_ready(&svc, &tx, RELEASE_FIRST_TURNS + 1).await;
+        let mut turns = next_released(&mut done, RELEASE_FIRST_TURNS).await;
         let early = tokio::time::timeout(Duration::from_millis(50), done.recv()).await;
         assert!(early.is_err(), "the last waits while every turn is taken");
         turns.pop();
@@ -379,6 +394,24 @@ mod tests {
             .await
             .unwrap_or_else(|_| panic!("a given-back turn did not let the last go"));
         assert!(last.is_some_and(|r| r.is_ok()));
+    }
+
+    #[tokio::test]
+    async fn each_cold_period_releases_narrow_first() {
+        let (tx, svc, _) = service(Limits::default(), Budget::default());
+        // A first cold period whose release gives back every turn: the window widens.
+        let n = 2 * crate::hold::RELEASE_IN_FLIGHT;
+        let mut done = hold_then_ready(&svc, &tx, n).await;
+        for _ in 0..n {
+            drop(next_released(&mut done, 1).await);
+        }
+        assert_eq!(svc.release.open(), crate::hold::RELEASE_IN_FLIGHT);
+        // Cold again: the next release starts at its first turns.
+        tx.send_replace(ready(&[]));
+        let mut done = hold_then_ready(&svc, &tx, RELEASE_FIRST_TURNS + 1).await;
+        let _turns = next_released(&mut done, RELEASE_FIRST_TURNS).await;
+        let early = tokio::time::timeout(Duration::from_millis(50), done.recv()).await;
+        assert!(early.is_err(), "the second release also starts narrow");
     }
 
     #[tokio::test]

@@ -296,46 +296,6 @@ fn pod_processes(comm: &str, uid: &str) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// The resident memory (`VmRSS`) of `procs` together, bytes.
-fn rss_bytes(procs: &[PathBuf]) -> Result<u64> {
-    let mut total = 0;
-    for dir in procs {
-        let status = std::fs::read_to_string(dir.join("status"))?;
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .context("bench: no VmRSS")?;
-        total += kib * 1024;
-    }
-    Ok(total)
-}
-
-/// The CPU time (user and system) `procs` have used so far, seconds.
-fn cpu_seconds(procs: &[PathBuf]) -> Result<f64> {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
-        .context("bench: no CLK_TCK")? as f64;
-    let mut total = 0.0;
-    for dir in procs {
-        let stat = std::fs::read_to_string(dir.join("stat"))?;
-        // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("bench: /proc stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let field = |n: usize| -> Result<f64> {
-            Ok(fields
-                .get(n - 3)
-                .context("bench: /proc stat field")?
-                .parse()?)
-        };
-        total += (field(14)? + field(15)?) / ticks;
-    }
-    Ok(total)
-}
-
 fn summary(v: &[f64]) -> serde_json::Value {
     summarize(v).json()
 }

@@ -262,7 +262,8 @@ fn measure_in_namespace() -> Result<Section> {
     let created_to_reconciled = started.elapsed();
 
     let (before, _) = leader()?;
-    let rss_before = super::rss_bytes(&super::pod_processes("elasti-operator", &before.uid)?)?;
+    let rss_before =
+        elasti_testbed::procs::rss_bytes(&super::pod_processes("elasti-operator", &before.uid)?)?;
     let old: BTreeSet<String> = operator_pods()?.into_iter().map(|p| p.name).collect();
     let restarted = Instant::now();
     kubectl(&[
@@ -295,7 +296,8 @@ fn measure_in_namespace() -> Result<Section> {
     )?;
     let restart_to_reconciled = restarted.elapsed();
     let leader = new_leader.context("bench: no new leader")?;
-    let rss_after = super::rss_bytes(&super::pod_processes("elasti-operator", &leader.uid)?)?;
+    let rss_after =
+        elasti_testbed::procs::rss_bytes(&super::pod_processes("elasti-operator", &leader.uid)?)?;
 
     // The wakes are timed once the restart's catch-up is over: the leader down to its
     // steady rate, each ElastiService once per poll (30 s), with half as much again.
