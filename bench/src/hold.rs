@@ -112,15 +112,9 @@ fn bind_deep(addr: SocketAddr) -> Result<TcpListener> {
     Ok(TcpListener::from_std(s.into())?)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+/// This process's resident memory, bytes.
+fn rss_bytes() -> Result<u64> {
+    elasti_testbed::procs::rss_bytes(&[elasti_testbed::procs::proc_dir(std::process::id())])
 }
 
 /// One round of [`capacity`], measured in a process of its own (`capacity-round`): memory
@@ -188,7 +182,7 @@ pub async fn capacity_round(n: usize, http: bool) -> Result<Round> {
     let p = proxy(n)?;
     let protocol = if http { "http" } else { "tcp" };
     let (mut backend_child, backend) = spawn_backend(protocol)?;
-    let before = rss_kib();
+    let before = rss_bytes()?;
     let mut child = Command::new(std::env::current_exe()?)
         .args([
             "hold-clients",
@@ -208,7 +202,7 @@ pub async fn capacity_round(n: usize, http: bool) -> Result<Round> {
     }
     // Let allocations settle before reading RSS.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = rss_kib();
+    let after = rss_bytes()?;
     let released = monotonic_ns();
     p.endpoints.send_replace(Endpoints::from(vec![backend]));
     let done = tokio::task::spawn_blocking(move || {
@@ -221,7 +215,7 @@ pub async fn capacity_round(n: usize, http: bool) -> Result<Round> {
     let done = done.context("hold-clients did not report all answers")?;
     let ms = |t: u64| t.saturating_sub(released) as f64 / 1e6;
     Ok(Round {
-        bytes_per_held: (after.saturating_sub(before) * 1024) as f64 / n as f64,
+        bytes_per_held: after.saturating_sub(before) as f64 / n as f64,
         first_ms: ms(done.first_ns),
         all_ms: ms(done.last_ns),
     })

@@ -269,12 +269,7 @@ pub fn process_group(pgid: u32) -> Vec<String> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // After the `(comm)`: state, ppid, pgrp.
-        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
+        if crate::procs::stat_field::<u32>(&stat, crate::procs::PGRP) != Some(pgid) {
             continue;
         }
         let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
@@ -283,7 +278,8 @@ pub fn process_group(pgid: u32) -> Vec<String> {
             .unwrap_or_default();
         found.push(format!(
             "{pid} {} wchan={} {}",
-            fields.first().unwrap_or(&"?"),
+            crate::procs::stat_field::<String>(&stat, crate::procs::STATE)
+                .unwrap_or_else(|| "?".into()),
             if wchan.is_empty() { "-" } else { &wchan },
             cmdline.trim().chars().take(160).collect::<String>()
         ));

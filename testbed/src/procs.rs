@@ -27,12 +27,8 @@ pub fn cpu_seconds(procs: &[PathBuf]) -> Result<f64> {
     let mut total = 0.0;
     for dir in procs {
         let stat = std::fs::read_to_string(dir.join("stat"))?;
-        let fields = after_comm(&stat)?;
-        // utime and stime are fields 14 and 15; `fields` starts at field 3 (state).
-        let field = |n: usize| -> Result<f64> {
-            Ok(fields.get(n - 3).context("a short /proc stat")?.parse()?)
-        };
-        total += (field(14)? + field(15)?) / ticks;
+        let field = |n| stat_field::<f64>(&stat, n).context("a short /proc stat");
+        total += (field(UTIME)? + field(STIME)?) / ticks;
     }
     Ok(total)
 }
@@ -46,14 +42,30 @@ pub fn with_children(pid: u32) -> Result<Vec<PathBuf>> {
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
-        let Ok(fields) = after_comm(&stat) else {
-            continue;
-        };
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+        if stat_field::<u32>(&stat, PPID) == Some(pid) {
             found.push(dir);
         }
     }
     Ok(found)
+}
+
+/// Fields of a `/proc/<pid>/stat` line, numbered as `proc(5)` numbers them.
+pub const STATE: usize = 3;
+pub const PPID: usize = 4;
+pub const PGRP: usize = 5;
+pub const UTIME: usize = 14;
+pub const STIME: usize = 15;
+
+/// Field `n` of `stat`, a `/proc/<pid>/stat` line (numbered as `proc(5)` does: [`STATE`],
+/// [`PPID`], …), parsed. Counted after the command's closing parenthesis, since the
+/// command may hold spaces and parentheses.
+pub fn stat_field<T: std::str::FromStr>(stat: &str, n: usize) -> Option<T> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(n.checked_sub(STATE)?)?
+        .parse()
+        .ok()
 }
 
 /// `/proc/<pid>`.
@@ -61,20 +73,24 @@ pub fn proc_dir(pid: u32) -> PathBuf {
     Path::new("/proc").join(pid.to_string())
 }
 
-/// The fields of a `/proc/<pid>/stat` line after the command's closing parenthesis (the
-/// command may hold spaces and parentheses): state first.
-fn after_comm(stat: &str) -> Result<Vec<&str>> {
-    Ok(stat
-        .rsplit_once(')')
-        .context("a /proc stat without its command")?
-        .1
-        .split_whitespace()
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_a_command_with_spaces_and_parentheses() {
+        let stat = "42 (a (b) c) S 7 42 42 0 -1 4194560 1 0 0 0 250 30 0 0";
+        assert_eq!(stat_field::<String>(stat, STATE).as_deref(), Some("S"));
+        assert_eq!(stat_field::<u32>(stat, PPID), Some(7));
+        assert_eq!(stat_field::<u32>(stat, PGRP), Some(42));
+        assert_eq!(stat_field::<u64>(stat, UTIME), Some(250));
+        assert_eq!(stat_field::<u64>(stat, STIME), Some(30));
+        assert_eq!(
+            stat_field::<u32>(stat, 1),
+            None,
+            "the PID is before the command"
+        );
+    }
 
     #[test]
     fn this_process_uses_cpu_and_memory_and_is_its_childrens_parent() {

@@ -1158,13 +1158,7 @@ fn agent_processes_on(node: &str) -> anyhow::Result<Vec<(u32, u32)>> {
         })
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
+            let ppid = elasti_testbed::procs::stat_field(&stat, elasti_testbed::procs::PPID)?;
             Some((pid, ppid))
         })
         .collect())

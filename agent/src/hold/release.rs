@@ -86,7 +86,7 @@ impl ReleaseWindow {
         }
     }
 
-    /// Turns open now (for tests and the bench).
+    /// Turns open now (for tests).
     pub fn open(&self) -> usize {
         self.turns.available_permits()
     }

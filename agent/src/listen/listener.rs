@@ -294,7 +294,6 @@ async fn forward(
         }
         (Protocol::Opaque | Protocol::NeedMore, Ok(ready)) => {
             let connected = balancer.connect_held(&ctx.service, ready.endpoints).await;
-            let mut turn = ready.turn;
             let outcome = match connected {
                 Ok((upstream, _)) => {
                     let outcome = if ready.waited.is_zero() {
@@ -305,7 +304,7 @@ async fn forward(
                     };
                     // Counted when the splice starts: the outcome of the hold is decided.
                     ctx.metrics.outcome(&id, metrics::Protocol::Tcp, outcome);
-                    if let Err(e) = tcp::copy(stream, upstream, turn.take()).await {
+                    if let Err(e) = tcp::copy(stream, upstream, ready.turn).await {
                         tracing::debug!(service = %id, %peer, error = %elasti_runtime::DisplayChain(&e), "spliced connection ended with an error");
                     }
                     return;

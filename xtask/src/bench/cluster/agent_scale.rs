@@ -24,6 +24,7 @@ use elasti_testbed::{
     cmd, elasti,
     kube::{apply_with, kube},
     objects::{App, manual_slice},
+    procs,
     stats::summarize,
 };
 use k8s_openapi::api::core::v1::Service;
@@ -283,22 +284,22 @@ fn measure_in_namespaces() -> Result<Section> {
     let (agent, uid) = home_agent()?;
     let procs = super::pod_processes("elasti-agent", &uid)?;
     std::thread::sleep(super::SETTLE);
-    let rss_before = elasti_testbed::procs::rss_bytes(&procs)?;
+    let rss_before = procs::rss_bytes(&procs)?;
     let before = releases(&agent)?;
 
     // Idle, then the load, each timed with the agent's CPU.
     let idle_cpu = {
-        let cpu = elasti_testbed::procs::cpu_seconds(&procs)?;
+        let cpu = procs::cpu_seconds(&procs)?;
         std::thread::sleep(Duration::from_secs(30));
-        (elasti_testbed::procs::cpu_seconds(&procs)? - cpu) / 30.0
+        (procs::cpu_seconds(&procs)? - cpu) / 30.0
     };
-    let cpu = elasti_testbed::procs::cpu_seconds(&procs)?;
+    let cpu = procs::cpu_seconds(&procs)?;
     let started = Instant::now();
     load()?;
     let loaded_in = started.elapsed().as_secs_f64();
-    let load_cpu = (elasti_testbed::procs::cpu_seconds(&procs)? - cpu) / loaded_in;
+    let load_cpu = (procs::cpu_seconds(&procs)? - cpu) / loaded_in;
     std::thread::sleep(super::SETTLE);
-    let rss_after = elasti_testbed::procs::rss_bytes(&procs)?;
+    let rss_after = procs::rss_bytes(&procs)?;
     let after = releases(&agent)?;
     p.done();
 
